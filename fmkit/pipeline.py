@@ -1,0 +1,289 @@
+"""``fmkit run`` end to end: config -> plugins -> data -> pretrain -> fuse -> combine(fit -> adapt ->
+train[harden]) -> evaluate -> run directory; and reloading a saved run for eval/predict."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmkit import rundir
+from fmkit.config import RunConfig, TrainConfig, describe_validation_error
+from fmkit.data import TaskData, load_task_data
+from fmkit.data.batching import IndexedFeatures
+from fmkit.data.encode import Feature, encode
+from fmkit.errors import FmkitError
+from fmkit.evaluate import example_probs, gold_labels, labels_from_probs, scores, softmax_predictor
+from fmkit.model import TextModelBuilder, count_parameters
+from fmkit.plugins import Selection, select
+from fmkit.types import Foundation, Member, MemberSpec, ModelBuilder, Run, Task
+
+MODEL_DIR = "model"
+ENSEMBLE_FILE = "ensemble.json"
+
+
+class SingleModel:
+    """The combine stage's default: one member, its own probabilities."""
+
+    def __init__(self, member: Member):
+        self.members = [member]
+        self._predict = softmax_predictor(member.model)
+
+    def predict_proba(self, batch: dict) -> Any:
+        return self._predict(batch)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class Prepared:
+    """What training and evaluation share: the task model builder, encoded splits and the device."""
+
+    run: Run
+    selection: Selection
+    builder: ModelBuilder
+    foundation: Foundation
+    features: dict[str, list[Feature]] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        return self.foundation.tokenizer.pad_token_id or 0
+
+    def encode(self, split: str, examples: list) -> list[Feature]:
+        if split not in self.features:
+            self.features[split] = encode(self.run.task, examples, self.foundation.tokenizer, self.run.config.train.max_length)
+        return self.features[split]
+
+    def evaluate(self, predict: Any, examples: list, split: str) -> tuple[dict[str, Any], list]:
+        """Metrics of ``predict`` (batch -> probabilities) on labelled ``examples``, and the predictions."""
+        predicted = self.predict(predict, examples, split)
+        return scores(self.run.task, gold_labels(self.run.task, examples), predicted), predicted
+
+    def predict(self, predict: Any, examples: list, split: str) -> list:
+        from fmkit.train import accelerator_for
+
+        features = self.encode(split, examples)
+        probs = example_probs(self.run.task, features, len(examples), predict, self.run.config.train.eval_batch_size,
+                              self.pad_id, accelerator_for(self.run.config.train.precision).device)
+        return labels_from_probs(self.run.task, probs)
+
+
+def apply_train_defaults(config: RunConfig, selection: Selection) -> RunConfig:
+    """Plugins may bring better training defaults (``train_defaults``, e.g. a higher LR for LoRA);
+    anything the user set explicitly wins."""
+    update = {}
+    for plugin in selection.plugins:
+        for key, value in getattr(plugin, "train_defaults", {}).items():
+            if key not in config.train.model_fields_set:
+                update[key] = value
+    if not update:
+        return config
+    return config.model_copy(update={"train": config.train.model_copy(update=update)})
+
+
+def member_settings(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    from pydantic import ValidationError
+
+    try:
+        return TrainConfig.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise FmkitError(describe_validation_error(exc, prefix="train", model=TrainConfig)) from None
+
+
+def make_fit(prepared: Prepared, hardeners: list) -> Any:
+    """The ``fit(spec) -> Member`` callback handed to the combine stage."""
+    from fmkit.train import train
+
+    run = prepared.run
+    hook = prepared.selection.manager.hook
+    train_features = prepared.encode("train", run.data.train)
+    by_example: dict[int, list[int]] = {}
+    for position, f in enumerate(train_features):
+        by_example.setdefault(f.example, []).append(position)
+
+    def fit(spec: MemberSpec) -> Member:
+        settings = member_settings(run.config.train, spec.options)
+        started = time.perf_counter()
+        model = hook.fmkit_adapt(run=run, model=prepared.builder.build())
+        examples = range(len(run.data.train)) if spec.indices is None else spec.indices
+        rows, weights = [], []
+        for position, example in enumerate(examples):
+            for row in by_example[example]:
+                rows.append(row)
+                if spec.weights is not None:
+                    weights.append(float(spec.weights[position]))
+        report = train(
+            run, model, IndexedFeatures(train_features, rows),
+            lambda m: prepared.evaluate(softmax_predictor(m), run.data.dev, "dev")[0],
+            settings=settings, seed=spec.seed, pad_id=prepared.pad_id,
+            label=f"{spec.name}: " if spec.name != "model" else "",
+            weights=weights or None, hardeners=hardeners,
+        )
+        trainable, total = count_parameters(model)
+        member = Member(spec, model, {k: v for k, v in report.best_dev.items() if k != "report"},
+                        time.perf_counter() - started, trainable, total)
+        run.log("member", name=spec.name, best_epoch=report.best_epoch, epochs_run=report.epochs_run,
+                seconds=round(member.train_seconds, 2), sentences_per_second=round(report.sentences_per_second, 2),
+                trainable_params=trainable, total_params=total, dev=member.dev_metrics)
+        return member
+
+    return fit
+
+
+def execute(config: RunConfig, selection: Selection | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train, evaluate and save one run; return the run directory and its metrics."""
+    selection = selection or select(config)
+    config = apply_train_defaults(config, selection)
+    task, data = load_task_data(config)
+    name = rundir.run_name(config.name)
+    target = rundir.check_target(config.runs_dir, name, config.overwrite)
+    started = time.perf_counter()
+    partial = rundir.start(target)
+    run = Run(config, task, data, partial)
+    try:
+        run.say(f"data: {data.description}")
+        hook = selection.manager.hook
+        foundation = hook.fmkit_pretrain(run=run)
+        builder = hook.fmkit_fuse(run=run, foundation=foundation) or TextModelBuilder(
+            foundation, task, config.trust_remote_code)
+        hardeners = list(reversed(hook.fmkit_harden(run=run)))  # pluggy answers last-registered first
+        prepared = Prepared(run, selection, builder, foundation)
+        fit = make_fit(prepared, hardeners)
+        ensemble = hook.fmkit_combine(run=run, fit=fit) or SingleModel(fit(MemberSpec("model", seed=config.seed)))
+        metrics, report = evaluate_ensemble(prepared, ensemble, data, hardeners)
+        metrics["seconds"] = round(time.perf_counter() - started, 1)
+        save(run, selection, foundation, ensemble, metrics, report, target)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    rundir.finish(partial, target)
+    return target, metrics
+
+
+def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardeners: list) -> tuple[dict[str, Any], str]:
+    """Clean metrics of every member and of the combination, on dev and (when there is one) test,
+    and the per-label reports as text."""
+    run = prepared.run
+    splits = {"dev": data.dev, **({"test": data.test} if data.test else {})}
+    metrics: dict[str, Any] = {"task": run.task.kind, "primary_metric": run.task.primary_metric,
+                               "data": data.description}
+    reports = []
+    for split, examples in splits.items():
+        result, _ = prepared.evaluate(ensemble.predict_proba, examples, split)
+        reports.append(f"== {split} ({len(examples)} examples) ==\n{result.pop('report')}")
+        metrics[split] = result
+    members: dict[str, Any] = {}
+    for member in ensemble.members:
+        entry: dict[str, Any] = {"trainable_params": member.trainable_params, "total_params": member.total_params,
+                                 "train_seconds": round(member.train_seconds, 1)}
+        if len(ensemble.members) == 1:
+            entry.update({s: metrics[s] for s in splits})
+        else:
+            for split, examples in splits.items():
+                result, _ = prepared.evaluate(softmax_predictor(member.model), examples, split)
+                result.pop("report")
+                entry[split] = result
+        members[member.name] = entry
+    metrics["members"] = members
+    return metrics, "\n".join(reports)
+
+
+def save(run: Run, selection: Selection, foundation: Foundation, ensemble: Any, metrics: dict, report: str,
+         target: Path) -> None:
+    """Write model(s), config.json, metrics.json, report.txt and log.jsonl into the run directory."""
+    import fmkit
+    from fmkit.model import quiet_transformers
+
+    directory = run.directory
+    model_dir = directory / MODEL_DIR
+    with quiet_transformers():
+        save_models(ensemble, model_dir)
+        foundation.tokenizer.save_pretrained(model_dir)
+    rundir.write_json(directory / "config.json", {
+        "fmkit_version": fmkit.__version__,
+        "run": target.name,
+        "config": run.config.model_dump(mode="json"),
+        "plugins": selection.describe(),
+        "foundation": {"path": str(foundation.path), "source": foundation.source},
+        "task": {"kind": run.task.kind, "labels": run.task.labels, "scheme": run.task.scheme},
+    })
+    rundir.write_json(directory / "metrics.json", metrics)
+    rundir.write_text(directory / "report.txt", "\n".join(run.notes) + "\n\n" + report)
+    rundir.write_text(directory / "log.jsonl", run.log_text)
+
+
+def save_models(ensemble: Any, model_dir: Path) -> None:
+    """One member: ``model/`` is its checkpoint. Several: ``model/members/NAME/`` + ``ensemble.json``."""
+    if len(ensemble.members) == 1 and not ensemble.state():
+        ensemble.members[0].model.save_pretrained(model_dir)
+        return
+    for member in ensemble.members:
+        member.model.save_pretrained(model_dir / "members" / member.name)
+    rundir.write_json(model_dir / ENSEMBLE_FILE, {
+        "members": [{"name": m.name, "seed": m.spec.seed,
+                     "indices": list(m.spec.indices) if m.spec.indices is not None else None}
+                    for m in ensemble.members],
+        "state": ensemble.state(),
+    })
+
+
+@dataclass
+class LoadedRun:
+    """A saved run, ready to predict: its Run context, the shared Prepared state and the ensemble."""
+
+    run: Run
+    prepared: Prepared
+    ensemble: Any
+
+
+def load(run_dir: Path) -> LoadedRun:
+    """Rebuild a saved run's ensemble for eval/predict, from its config.json and model/ folder."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise FmkitError(f"{run_dir}: not a run directory (no config.json)")
+    try:
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        config = RunConfig.model_validate(saved["config"])
+        task = Task(**saved["task"])
+        foundation_path = saved["foundation"]["path"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FmkitError(f"{config_file}: unreadable or from another fmkit version ({exc})") from None
+    selection = select(config)
+    model_dir = run_dir / MODEL_DIR
+    from transformers import AutoTokenizer
+
+    from fmkit.model import quiet_transformers
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    foundation = Foundation(foundation_path, tokenizer, saved["foundation"].get("source", ""))
+    run = Run(config, task, None, None)
+    hook = selection.manager.hook
+    builder = hook.fmkit_fuse(run=run, foundation=foundation) or TextModelBuilder(foundation, task, config.trust_remote_code)
+    prepared = Prepared(run, selection, builder, foundation)
+    from fmkit.train import accelerator_for
+
+    device = accelerator_for(config.train.precision).device
+
+    def member(spec: MemberSpec, directory: Path) -> Member:
+        model = hook.fmkit_adapt_load(run=run, builder=builder, directory=directory).to(device).eval()
+        trainable, total = count_parameters(model)
+        return Member(spec, model, trainable_params=trainable, total_params=total)
+
+    ensemble_file = model_dir / ENSEMBLE_FILE
+    if ensemble_file.is_file():
+        layout = json.loads(ensemble_file.read_text(encoding="utf-8"))
+        members = [member(MemberSpec(m["name"], m["seed"], m.get("indices")), model_dir / "members" / m["name"])
+                   for m in layout["members"]]
+        ensemble = hook.fmkit_combine_load(run=run, members=members, state=layout["state"])
+        if ensemble is None:
+            raise FmkitError(f"{run_dir}: saved as an ensemble, but no selected plugin can reload it")
+    else:
+        ensemble = SingleModel(member(MemberSpec("model", config.seed), model_dir))
+    return LoadedRun(run, prepared, ensemble)

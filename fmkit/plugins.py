@@ -1,0 +1,204 @@
+"""Plugin discovery (entry-point group ``fmkit``), selection by name, option validation.
+
+Every plugin, built-in or third-party, is found the same way: an entry point in the ``fmkit``
+group naming a class with ``name``, ``stage``, an ``Options`` pydantic model and ``@fmkit.hookimpl``
+methods. It is instantiated as ``cls(options)``; an optional ``check(config)`` method raises
+FmkitError for settings it cannot serve, before any data or weights load, and an optional
+``train_defaults`` dict changes ``train.*`` defaults the user did not set. A plugin that fails to
+import is recorded with its error and only matters when selected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from fmkit.config import RunConfig, describe_validation_error
+from fmkit.errors import FmkitError
+
+ENTRY_POINT_GROUP = "fmkit"
+STAGES: dict[str, str] = {
+    "pretrain": "fmkit_pretrain",
+    "fuse": "fmkit_fuse",
+    "adapt": "fmkit_adapt",
+    "harden": "fmkit_harden",
+    "combine": "fmkit_combine",
+}
+STACKING_STAGES = {"harden"}  # several plugins may serve these; one at most for the others
+DEFAULTS = {"pretrain": "hf", "adapt": "full"}  # used when no plugin of the stage is selected
+BUILTIN_DISTRIBUTION = "fmkit"
+
+
+@dataclass
+class PluginInfo:
+    """An installed plugin as discovery found it (the class, or why it could not be loaded)."""
+
+    name: str
+    target: str
+    distribution: str
+    version: str
+    cls: type | None = None
+    error: str | None = None
+
+    @property
+    def stage(self) -> str:
+        return getattr(self.cls, "stage", "?")
+
+    @property
+    def summary(self) -> str:
+        doc = (self.cls.__doc__ or "").strip() if self.cls else ""
+        return doc.splitlines()[0] if doc else ""
+
+
+@dataclass
+class Selection:
+    """The plugins taking part in one run, instantiated with validated options, and their manager."""
+
+    plugins: list[Any]
+    infos: dict[str, PluginInfo]
+    manager: Any = field(repr=False)
+
+    def by_stage(self, stage: str) -> list[Any]:
+        return [p for p in self.plugins if p.stage == stage]
+
+    def describe(self) -> dict[str, Any]:
+        """Name, stage, package, version and resolved options of each plugin (for config.json)."""
+        return {
+            p.name: {
+                "stage": p.stage,
+                "package": self.infos[p.name].distribution,
+                "version": self.infos[p.name].version,
+                "options": p.options.model_dump(mode="json"),
+            }
+            for p in self.plugins
+        }
+
+
+def autoload_disabled() -> bool:
+    return os.environ.get("FMKIT_DISABLE_PLUGIN_AUTOLOAD", "").strip() not in ("", "0", "false")
+
+
+def discover() -> dict[str, PluginInfo]:
+    """Every plugin installed in the ``fmkit`` entry-point group, loaded or with its import error."""
+    found: dict[str, PluginInfo] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else "?"
+        if autoload_disabled() and dist != BUILTIN_DISTRIBUTION:
+            continue
+        info = PluginInfo(ep.name, ep.value, dist, ep.dist.version if ep.dist else "?")
+        if ep.name in found and found[ep.name].distribution != dist:
+            other = found[ep.name]
+            other.cls = None
+            other.error = f"name clash: plugin {ep.name!r} is provided by both {other.distribution} and {dist}"
+            continue
+        try:
+            info.cls = ep.load()
+            problem = _contract_problem(ep.name, info.cls)
+        except Exception as exc:  # a broken third-party package must not break fmkit
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            info.cls, info.error = None, problem
+        found[ep.name] = info
+    return found
+
+
+def _contract_problem(name: str, cls: Any) -> str | None:
+    """Why ``cls`` is not a usable plugin, or None."""
+    stage = getattr(cls, "stage", None)
+    if stage not in STAGES:
+        return f"stage {stage!r} is not one of {', '.join(STAGES)}"
+    options = getattr(cls, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        return "has no Options pydantic model"
+    if getattr(cls, "name", name) != name:
+        return f"class name {cls.name!r} differs from its entry-point name {name!r}"
+    if not callable(getattr(cls, STAGES[stage], None)):
+        return f"does not implement the {STAGES[stage]} hook of its stage"
+    return None
+
+
+def is_wrapper(plugin_cls: type, hook: str) -> bool:
+    """Whether the class implements ``hook`` as a pluggy wrapper (a continuation, not a provider)."""
+    opts = getattr(getattr(plugin_cls, hook, None), "fmkit_impl", None) or {}
+    return bool(opts.get("wrapper") or opts.get("hookwrapper"))
+
+
+def lookup(name: str, available: dict[str, PluginInfo]) -> PluginInfo:
+    """The installed plugin called ``name``, or a one-line error listing what is there."""
+    info = available.get(name)
+    if info is None:
+        hint = difflib.get_close_matches(name, list(available), n=1)
+        listing = ", ".join(sorted(available)) or "none"
+        raise FmkitError(
+            f"unknown plugin {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; installed: {listing}"
+        )
+    if info.cls is None:
+        raise FmkitError(f"plugin {name!r} from {info.distribution} {info.version} cannot be used: {info.error}")
+    return info
+
+
+def select(config: RunConfig, available: dict[str, PluginInfo] | None = None) -> Selection:
+    """Choose, validate and instantiate the run's plugins; register them in a fresh plugin manager.
+
+    Fails (FmkitError) before any weights load: unknown or broken plugin, two plugins for a stage
+    that takes one, options for a plugin that is not selected, or options that do not validate.
+    """
+    import pluggy
+
+    from fmkit import hookspecs
+
+    available = discover() if available is None else available
+    names = list(dict.fromkeys(config.plugins))
+    if len(names) != len(config.plugins):
+        raise FmkitError(f"--plugins names a plugin twice: {','.join(config.plugins)}")
+    infos = {name: lookup(name, available) for name in names}
+
+    for stage, hook in STAGES.items():
+        providers = [n for n in names if infos[n].stage == stage and not is_wrapper(infos[n].cls, hook)]
+        if stage not in STACKING_STAGES and len(providers) > 1:
+            raise FmkitError(
+                f"plugins {providers[0]!r} and {providers[1]!r} both serve the {stage} stage, which takes one"
+            )
+        if not providers and stage in DEFAULTS:
+            default = DEFAULTS[stage]
+            infos[default] = lookup(default, available)
+            names.insert(0, default)
+
+    for name in config.plugin_options:
+        if name not in infos:
+            raise FmkitError(f"options given for plugin {name!r}, which is not selected (add it to --plugins)")
+
+    plugins = []
+    for name in names:
+        cls = infos[name].cls
+        try:
+            options = cls.Options.model_validate(config.plugin_options.get(name, {}))
+        except ValidationError as exc:
+            raise FmkitError(describe_validation_error(exc, prefix=name, model=cls.Options)) from None
+        plugin = cls(options)
+        plugin.name, plugin.stage = name, cls.stage
+        plugins.append(plugin)
+    for plugin in plugins:  # optional early checks against the whole config (paths, combinations)
+        if callable(getattr(plugin, "check", None)):
+            plugin.check(config)
+
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs)
+    for plugin in plugins:
+        manager.register(plugin, name=plugin.name)
+    return Selection(plugins=plugins, infos=infos, manager=manager)
+
+
+def options_table(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) for each field of a plugin's Options model."""
+    rows = []
+    for field_name, f in cls.Options.model_fields.items():
+        annotation = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = f.default_factory() if f.default_factory else f.default
+        rows.append((field_name, annotation, repr(default), f.description or ""))
+    return rows

@@ -1,0 +1,143 @@
+"""The objects the stages exchange. Plugin authors build against these (and ``fmkit.hookspecs``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fmkit.config import RunConfig
+    from fmkit.data import TaskData
+
+Batch = dict[str, "torch.Tensor"]
+"""A padded batch: ``input_ids``, ``attention_mask`` (+ ``token_type_ids``), ``labels`` when known,
+``weights`` (per-example loss weights) when a combine plugin sets them."""
+
+
+@dataclass
+class Task:
+    """What is learned: the kind of task and its label vocabulary (index = class id)."""
+
+    kind: str
+    labels: list[str]
+    scheme: str | None = None  # NER tagging scheme after conversion: IOB2 or IOBES
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    @property
+    def primary_metric(self) -> str:
+        """The dev score that selects the best epoch (and that ensembles compare)."""
+        return "f1" if self.kind == "ner" else "accuracy"
+
+
+@dataclass
+class Foundation:
+    """What the pretrain stage returns: a backbone checkpoint directory and its tokenizer."""
+
+    path: str
+    tokenizer: Any
+    source: str = ""  # what the user named: package, directory or hub id
+
+
+@runtime_checkable
+class ModelBuilder(Protocol):
+    """What the fuse stage returns: makes task models (encoder + head) for ``run.task``."""
+
+    def build(self) -> nn.Module:
+        """A fresh task model: pretrained encoder, newly initialised head."""
+
+    def load(self, directory: Path) -> nn.Module:
+        """A whole task model saved with ``save_pretrained`` in ``directory``."""
+
+
+@runtime_checkable
+class Hardener(Protocol):
+    """What the harden stage returns: adversarial training and the attack for robust evaluation."""
+
+    def train_step(self, model: nn.Module, batch: Batch, backward: Callable[[torch.Tensor], None]) -> torch.Tensor:
+        """Compute this batch's training loss, call ``backward`` on it (possibly several times,
+        e.g. FreeLB's ascent steps) and return the loss, detached, for the log."""
+
+    def attack(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Logits of ``model`` on the adversarially perturbed batch (for robust evaluation)."""
+
+
+@dataclass
+class MemberSpec:
+    """One member for ``fit``: which training rows (with repeats, for bootstraps), loss weights, seed."""
+
+    name: str
+    seed: int
+    indices: Sequence[int] | None = None  # rows of run.data.train; None = all of them
+    weights: Sequence[float] | None = None  # one loss weight per row in ``indices`` (or per train row)
+    options: dict[str, Any] = field(default_factory=dict)  # overrides of train.* for this member
+
+
+@dataclass
+class Member:
+    """A trained member: its model, dev metrics and costs."""
+
+    spec: MemberSpec
+    model: Any  # nn.Module
+    dev_metrics: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    trainable_params: int = 0
+    total_params: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@runtime_checkable
+class Ensemble(Protocol):
+    """What the combine stage returns: members and the rule that combines their predictions."""
+
+    members: list[Member]
+
+    def predict_proba(self, batch: Batch) -> torch.Tensor:
+        """Class probabilities: (batch, tokens, classes) for ``ner``, (batch, classes) otherwise."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable combiner state (member weights, ...) saved beside the members."""
+
+
+class Run:
+    """The context every hook receives: resolved config, task, data and the run directory."""
+
+    def __init__(self, config: RunConfig, task: Task, data: TaskData | None, directory: Path | None):
+        self.config = config
+        self.task = task
+        self.data = data
+        self.directory = directory  # None when loading a saved run for eval/predict
+        self._log_lines: list[str] = []
+        self._start = time.time()
+        self.notes: list[str] = []
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def log(self, event: str, **fields: Any) -> None:
+        """Append an event to the run's log.jsonl (written with the run directory)."""
+        record = {"time": round(time.time() - self._start, 3), "event": event, **fields}
+        self._log_lines.append(json.dumps(record, default=str))
+
+    def say(self, message: str) -> None:
+        """A line for the user now, kept for the report as well."""
+        from fmkit.console import info
+
+        self.notes.append(message)
+        info(message)
+
+    @property
+    def log_text(self) -> str:
+        return "".join(line + "\n" for line in self._log_lines)

@@ -1,0 +1,100 @@
+"""Built-in plugins for plain Hugging Face use: ``hf`` loads the foundation, ``full`` fine-tunes all of it."""
+
+from __future__ import annotations
+
+import os
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import fmkit
+from fmkit.errors import FmkitError
+from fmkit.types import Foundation, ModelBuilder, Run
+
+
+def resolve_model(name: str) -> tuple[str, bool]:
+    """(path or hub id, is_local) for a local directory, an installed model package, or a hub id."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FmkitError(f"--model {name}: {path} is not a model directory (no config.json)")
+        return str(path.resolve()), True
+    package = name.replace("-", "_")
+    if package.isidentifier():
+        spec = find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            root = Path(list(spec.submodule_search_locations)[0])
+            for candidate in (root / "model", root):
+                if (candidate / "config.json").is_file():
+                    return str(candidate), True
+            raise FmkitError(f"--model {name}: the installed package {package} holds no model files")
+    if name.count("/") <= 1 and not name.startswith((".", "/", "~")):
+        return name, False
+    raise FmkitError(f"--model {name}: no such directory")
+
+
+class HF:
+    """Load the foundation with transformers: a local directory, an installed model package, or a hub id."""
+
+    name, stage = "hf", "pretrain"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        revision: str | None = Field(None, description="hub revision (branch, tag or commit) for hub ids")
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    def check(self, config: Any) -> None:
+        resolve_model(config.model)
+
+    @fmkit.hookimpl
+    def fmkit_pretrain(self, run: Run) -> Foundation:
+        source = run.config.model
+        location, local = resolve_model(source)
+        if local:
+            os.environ["HF_HUB_OFFLINE"] = "1"  # a local model never needs the hub
+        from transformers import AutoTokenizer
+
+        from fmkit.model import quiet_transformers
+
+        try:
+            with quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(
+                    location, revision=self.options.revision, trust_remote_code=run.config.trust_remote_code)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FmkitError(f"--model {source}: cannot load it ({first})") from None
+        if not getattr(tokenizer, "is_fast", False) and run.task.kind == "ner":
+            raise FmkitError(f"--model {source}: NER needs a fast (Rust) tokenizer for word alignment")
+        if not local:
+            from huggingface_hub import snapshot_download
+
+            location = snapshot_download(location, revision=self.options.revision)
+        run.say(f"model: {source} ({location})")
+        return Foundation(path=location, tokenizer=tokenizer, source=source)
+
+
+class Full:
+    """Full fine-tuning: every parameter of the encoder and the head trains."""
+
+    name, stage = "full", "adapt"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    @fmkit.hookimpl
+    def fmkit_adapt(self, run: Run, model: Any) -> Any:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+
+    @fmkit.hookimpl
+    def fmkit_adapt_load(self, run: Run, builder: ModelBuilder, directory: Path) -> Any:
+        return builder.load(directory)
