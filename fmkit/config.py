@@ -31,6 +31,7 @@ class DataConfig(BaseModel):
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/dev/test fractions when a single file must be split (seeded)"
     )
+    limit: int | None = Field(None, ge=1, description="train on at most this many examples after splitting (quick checks)")
     text_column: str = Field("text", description="classify: column/key holding the text")
     text_pair_column: str | None = Field(None, description="classify: column/key holding a second text (pairs)")
     label_column: str = Field("label", description="classify: column/key holding the label")

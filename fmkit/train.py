@@ -55,8 +55,8 @@ class TrainReport:
     best_epoch: int
     best_score: float
     best_dev: dict[str, Any]
-    seconds: float
-    sentences_per_second: float
+    seconds: float  # wall time, dev evaluations included
+    sentences_per_second: float  # training throughput: windows per second spent in training steps
 
 
 def train(
@@ -99,7 +99,7 @@ def train(
         accelerator.backward(loss * backward_share)
 
     best_score, best_epoch, best_state, best_dev = -math.inf, 0, None, {}
-    stale, seen, started = 0, 0, time.perf_counter()
+    stale, seen, started, stepping = 0, 0, time.perf_counter(), 0.0  # stepping: time in training steps only
     epoch = 0
     for epoch in range(1, settings.epochs + 1):
         sampler.set_epoch(epoch)
@@ -107,6 +107,7 @@ def train(
         bar = tqdm(loader, desc=f"{label}epoch {epoch}/{settings.epochs}", leave=False,
                    disable=True if not (settings.progress and accelerator.is_main_process) else None,  # None: off without a TTY
                    dynamic_ncols=True)
+        epoch_start = time.perf_counter()
         for step, batch in enumerate(bar):
             if hardeners:
                 loss = sum(h.train_step(model, batch, backward) for h in hardeners) * backward_share
@@ -124,10 +125,11 @@ def train(
 
                 raise FmkitError(f"{label}loss became {loss_value} at epoch {epoch} step {step + 1}; "
                                  "lower train.lr or check the data")
-            rate = seen / (time.perf_counter() - started)
+            rate = seen / (stepping + time.perf_counter() - epoch_start)
             bar.set_postfix(loss=f"{loss_value:.4f}", sent_s=f"{rate:.0f}")
             run.log("step", member=label.strip(": ") or None, epoch=epoch, step=step + 1, loss=round(loss_value, 5),
                     lr=scheduler.get_last_lr()[0])
+        stepping += time.perf_counter() - epoch_start
         dev = evaluate_dev(accelerator.unwrap_model(model))
         score = dev[run.task.primary_metric]
         run.log("epoch", member=label.strip(": ") or None, epoch=epoch,
@@ -153,4 +155,4 @@ def train(
                     p.copy_(best_state[n])
     seconds = time.perf_counter() - started
     unwrapped.eval()
-    return TrainReport(epoch, best_epoch, best_score, best_dev, seconds, seen / seconds if seconds else 0.0)
+    return TrainReport(epoch, best_epoch, best_score, best_dev, seconds, seen / stepping if stepping else 0.0)

@@ -91,6 +91,9 @@ def load_task_data(config: RunConfig) -> tuple[Task, TaskData]:
         how = f"dev split off train ({d.split[0]:g}/{d.split[1]:g}, seed {config.seed})"
     else:
         how = "files as given" + ("" if test else "; no test set: final metrics are on dev, which selected the model")
+    if d.limit is not None and d.limit < len(train):
+        train = train[: d.limit]
+        how += f"; train limited to the first {d.limit}"
     if not train or not dev:
         raise FmkitError(f"{train_path}: too few examples to train and evaluate ({len(train)} train, {len(dev)} dev)")
     description = f"{source}: {len(train)} train / {len(dev)} dev / {len(test)} test ({how})"
