@@ -35,6 +35,17 @@ class DataConfig(BaseModel):
     text_column: str = Field("text", description="classify: column/key holding the text")
     text_pair_column: str | None = Field(None, description="classify: column/key holding a second text (pairs)")
     label_column: str = Field("label", description="classify: column/key holding the label")
+    image_column: str = Field(
+        "image", description="multimodal: key holding the image: a PNG/JPEG or .npy path (relative to the file) "
+        "or a nested list of pixels"
+    )
+    feature_columns: list[str] = Field(
+        ["features"], description="multimodal: keys holding numeric features (each a number or a list of numbers)"
+    )
+    image_size: int = Field(32, ge=4, description="multimodal: images are resized to this many pixels a side")
+    allow_missing: bool = Field(
+        False, description="multimodal: rows may lack the image or features (a learned 'missing' embedding stands in)"
+    )
 
     @field_validator("split")
     @classmethod

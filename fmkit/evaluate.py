@@ -20,9 +20,13 @@ from fmkit.types import Task
 PredictFn = Callable[[dict], Any]  # batch -> class probabilities (torch.Tensor)
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids",
+                "pixel_values", "features", "image_missing", "features_missing")  # the last four: multimodal
+
+
 def model_inputs(batch: dict) -> dict:
-    """The keys of a batch that a transformers model takes."""
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    """The keys of a batch that the task model takes (not labels or weights)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
 def softmax_predictor(model: Any) -> PredictFn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,7 @@ def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardene
         reports.append(f"== {split} ({len(examples)} examples) ==\n{result.pop('report')}")
         metrics[split] = result
     members: dict[str, Any] = {}
+    member_metrics = getattr(prepared.builder, "member_metrics", None)  # optional, see ModelBuilder
     for member in ensemble.members:
         entry: dict[str, Any] = {"trainable_params": member.trainable_params, "total_params": member.total_params,
                                  "train_seconds": round(member.train_seconds, 1)}
@@ -188,6 +189,8 @@ def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardene
                 result, _ = prepared.evaluate(softmax_predictor(member.model), examples, split)
                 result.pop("report")
                 entry[split] = result
+        if member_metrics is not None:
+            entry.update(member_metrics(member.model, prepared, splits, hardeners))
         members[member.name] = entry
     metrics["members"] = members
     return metrics, "\n".join(reports)
@@ -210,7 +213,7 @@ def save(run: Run, selection: Selection, foundation: Foundation, ensemble: Any, 
         "config": run.config.model_dump(mode="json"),
         "plugins": selection.describe(),
         "foundation": {"path": str(foundation.path), "source": foundation.source},
-        "task": {"kind": run.task.kind, "labels": run.task.labels, "scheme": run.task.scheme},
+        "task": asdict(run.task),
     })
     rundir.write_json(directory / "metrics.json", metrics)
     rundir.write_text(directory / "report.txt", "\n".join(run.notes) + "\n\n" + report)

@@ -168,6 +168,10 @@ def select(config: RunConfig, available: dict[str, PluginInfo] | None = None) ->
             default = DEFAULTS[stage]
             infos[default] = lookup(default, available)
             names.insert(0, default)
+        if stage == "fuse" and not providers and config.task == "multimodal":
+            fusers = sorted(n for n, i in available.items() if i.cls is not None and i.stage == "fuse")
+            raise FmkitError("--task multimodal needs a fuse plugin in --plugins: "
+                             + (", ".join(fusers) if fusers else "none is installed"))
 
     for name in config.plugin_options:
         if name not in infos:

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 Batch = dict[str, "torch.Tensor"]
 """A padded batch: ``input_ids``, ``attention_mask`` (+ ``token_type_ids``), ``labels`` when known,
-``weights`` (per-example loss weights) when a combine plugin sets them."""
+``weights`` (per-example loss weights) when a combine plugin sets them. Multimodal batches also carry
+``pixel_values`` (float32 N x 3 x H x W in [0, 1]; the model normalises) and/or ``features`` (float32
+N x F, standardised), and ``image_missing`` / ``features_missing`` (bool N) when rows may lack one."""
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Task:
     kind: str
     labels: list[str]
     scheme: str | None = None  # NER tagging scheme after conversion: IOB2 or IOBES
+    inputs: dict[str, Any] = field(default_factory=dict)  # multimodal: modalities, image size, train feature stats
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -56,6 +59,9 @@ class ModelBuilder(Protocol):
 
     def load(self, directory: Path) -> nn.Module:
         """A whole task model saved with ``save_pretrained`` in ``directory``."""
+
+    # Optional: ``member_metrics(model, prepared, splits, hardeners) -> dict`` adds entries to a trained
+    # member's metrics (e.g. a fusion model's per-modality contributions and robust accuracy).
 
 
 @runtime_checkable

@@ -52,7 +52,9 @@ def read_examples(config: RunConfig, path: Path, labeled: bool = True) -> list[E
     if config.task == "classify":
         d = config.data
         return read_table(path, d.text_column, d.label_column if labeled else None, d.text_pair_column)
-    raise FmkitError(f"task {config.task!r} needs a fuse plugin that reads its data")
+    from fmkit.data.multimodal import read_multimodal
+
+    return read_multimodal(path, config.data, labeled=labeled)
 
 
 def split(examples: list[Example], fractions: tuple[float, ...], seed: int) -> list[list[Example]]:
@@ -102,6 +104,10 @@ def load_task_data(config: RunConfig) -> tuple[Task, TaskData]:
         task = _ner_task(config, train, {"dev": (d.dev or train_path, dev), "test": (d.test or train_path, test)})
     else:
         task = _classify_task(train, {"dev": (d.dev or train_path, dev), "test": (d.test or train_path, test)})
+    if config.task == "multimodal":
+        from fmkit.data.multimodal import task_inputs
+
+        task = Task("multimodal", task.labels, inputs=task_inputs(d, train, [dev, test]))  # train-split statistics
     return task, TaskData(train=train, dev=dev, test=test, description=description)
 
 

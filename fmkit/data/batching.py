@@ -55,6 +55,7 @@ class Collator:
         self.weights = weights
 
     def __call__(self, items: list[tuple[int, Feature]]) -> dict:
+        import numpy as np
         import torch
 
         features = [f for _, f in items]
@@ -78,6 +79,8 @@ class Collator:
             else:
                 labels = torch.tensor([f.labels for f in features], dtype=torch.long)
             batch["labels"] = labels
+        for key in features[0].extra or {}:
+            batch[key] = torch.as_tensor(np.stack([f.extra[key] for f in features]))
         if self.weights is not None:
             batch["weights"] = torch.tensor([self.weights[i] for i, _ in items], dtype=torch.float)
         return batch

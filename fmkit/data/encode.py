@@ -25,6 +25,7 @@ class Feature:
     token_type_ids: list[int] | None
     labels: list[int] | int | None
     word_positions: list[tuple[int, int]] | None = None  # NER: (word index, token position) it predicts
+    extra: dict[str, Any] | None = None  # multimodal: per-example arrays by batch key (pixel_values, features)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -38,7 +39,13 @@ def _quiet(tokenizer: Any) -> None:
 def encode(task: Task, examples: Sequence, tokenizer: Any, max_length: int) -> list[Feature]:
     if task.kind == "ner":
         return encode_ner(examples, tokenizer, task.label2id, max_length)
-    return encode_texts(examples, tokenizer, task.label2id, max_length)
+    features = encode_texts(examples, tokenizer, task.label2id, max_length)
+    if task.kind == "multimodal":
+        from fmkit.data.multimodal import model_extras
+
+        for feature, example in zip(features, examples):
+            feature.extra = model_extras(example, task.inputs)
+    return features
 
 
 def encode_ner(sentences: Sequence[Sentence], tokenizer: Any, label2id: dict[str, int], max_length: int) -> list[Feature]:

@@ -1,0 +1,251 @@
+"""The fused task model: the foundation's text encoder, an image encoder (a small CNN trained from
+scratch, or a transformers vision model) and a feature MLP, each projected to one width, then a
+fusion head (concat, gated or attention) that returns logits and each modality's contribution.
+
+The text encoder stays a plain transformers module (``model.text_encoder``) so PEFT can target it,
+and pixel normalisation happens inside the model, so attacks work on [0, 1] pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmkit.errors import FmkitError
+
+TEXT = "text"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+TEXT_DIR, IMAGE_DIR = "text_encoder", "image_encoder"
+CNN_WIDTH = 64
+
+
+@dataclass
+class FusionSpec:
+    """What rebuilds the architecture; saved as the model directory's config.json."""
+
+    method: str
+    labels: list[str]
+    modalities: list[str]  # "text" first, then "image" and/or "features"
+    feature_count: int = 0
+    image_size: int = 32  # the data's image side
+    missing: bool = False  # rows may lack image/features: learn a stand-in embedding
+    dim: int = 128
+    dropout: float = 0.1
+    heads: int = 4
+    image_encoder: str = "cnn"  # "cnn" or "pretrained" (a transformers vision model in image_encoder/)
+    image_width: int = CNN_WIDTH
+    vision_size: int | None = None  # side the vision model expects; pixels are resized to it
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass
+class FusionOutput:
+    logits: torch.Tensor  # N x classes
+    contributions: torch.Tensor  # N x modalities, rows sum to 1 (gate values, attention mass, ...)
+
+
+@dataclass
+class Part:
+    """One modality in fusion width: tokens (N x P x dim), which are real (N x P) and their mean (N x dim)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def small_cnn() -> nn.Sequential:
+    """Three conv blocks, then a 4 x 4 grid of CNN_WIDTH-channel cells (16 image tokens). GroupNorm, not
+    BatchNorm: the training loop restores the best epoch's parameters, not running statistics."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for width in (16, 32, CNN_WIDTH):
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GroupNorm(8, width), nn.GELU(),
+                   nn.MaxPool2d(2, ceil_mode=True)]
+        channels = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
+
+
+class ConcatHead(nn.Module):
+    """Pooled projections concatenated, then an MLP (MMF's concat_bert, Multimodal-Toolkit's concat).
+    Contribution: each modality's share of the first layer's input, |W_m v_m| / sum."""
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__()
+        self.dim = spec.dim
+        self.dropout = nn.Dropout(spec.dropout)
+        self.hidden = nn.Linear(len(spec.modalities) * spec.dim, spec.dim)
+        self.out = nn.Sequential(nn.GELU(), nn.Dropout(spec.dropout), nn.Linear(spec.dim, len(spec.labels)))
+
+    def forward(self, parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = [p.pooled for p in parts]
+        logits = self.out(self.hidden(self.dropout(torch.cat(pooled, dim=-1))))
+        blocks = self.hidden.weight.split(self.dim, dim=1)
+        share = torch.stack([(v @ w.T).norm(dim=-1) for v, w in zip(pooled, blocks)], dim=-1)
+        return logits, share / share.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+class GatedHead(nn.Module):
+    """Gated multimodal unit (Arevalo et al. 2017), for any number of modalities: h_m = tanh(W_m v_m),
+    gates z = softmax over modalities of W_z [v_1; ...; v_M] per dimension, fused = sum z_m h_m; with
+    two modalities this is the paper's sigmoid gate. Contribution: the mean gate value."""
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__()
+        count = len(spec.modalities)
+        self.transform = nn.ModuleList(nn.Linear(spec.dim, spec.dim) for _ in range(count))
+        self.gate = nn.Linear(count * spec.dim, count * spec.dim)
+        self.out = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(spec.dim, spec.dim), nn.GELU(),
+                                 nn.Dropout(spec.dropout), nn.Linear(spec.dim, len(spec.labels)))
+
+    def forward(self, parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = [p.pooled for p in parts]
+        hidden = torch.stack([torch.tanh(t(v)) for t, v in zip(self.transform, pooled)], dim=1)  # N x M x dim
+        gates = torch.softmax(self.gate(torch.cat(pooled, dim=-1)).view_as(hidden), dim=1)
+        return self.out((gates * hidden).sum(1)), gates.mean(-1)
+
+
+class AttentionHead(nn.Module):
+    """Cross-modal attention: one transformer block over all modality tokens (with modality-type
+    embeddings), so text tokens attend to image and feature tokens; the text positions are pooled
+    for the classifier. Contribution: the attention mass text tokens give each modality."""
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__()
+        self.kind = nn.Embedding(len(spec.modalities), spec.dim)
+        self.attention = nn.MultiheadAttention(spec.dim, spec.heads, dropout=spec.dropout, batch_first=True)
+        self.norm1, self.norm2 = nn.LayerNorm(spec.dim), nn.LayerNorm(spec.dim)
+        self.ffn = nn.Sequential(nn.Linear(spec.dim, 2 * spec.dim), nn.GELU(), nn.Dropout(spec.dropout),
+                                 nn.Linear(2 * spec.dim, spec.dim))
+        self.out = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(spec.dim, len(spec.labels)))
+
+    def forward(self, parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.cat([p.tokens + self.kind.weight[i] for i, p in enumerate(parts)], dim=1)
+        mask = torch.cat([p.mask for p in parts], dim=1)
+        attended, weights = self.attention(tokens, tokens, tokens, key_padding_mask=~mask, need_weights=True)
+        x = self.norm1(tokens + attended)
+        x = self.norm2(x + self.ffn(x))
+        text = parts[0]
+        length = text.tokens.shape[1]
+        mass = torch.stack([w.sum(-1) for w in weights[:, :length].split([p.tokens.shape[1] for p in parts], dim=-1)],
+                           dim=-1)  # N x text tokens x M
+        return self.out(masked_mean(x[:, :length], text.mask)), masked_mean(mass, text.mask)
+
+
+HEADS: dict[str, type[nn.Module]] = {"concat": ConcatHead, "gated": GatedHead, "attention": AttentionHead}
+
+
+class FusionModel(nn.Module):
+    """Text + image and/or features -> class logits. ``forward`` takes ``input_ids`` or ``inputs_embeds``,
+    ``attention_mask``, ``token_type_ids``, ``pixel_values`` (N x 3 x H x W in [0, 1]), ``features``
+    (standardised) and, when rows may lack them, ``image_missing`` / ``features_missing``."""
+
+    def __init__(self, spec: FusionSpec, text_encoder: nn.Module, image_encoder: nn.Module | None = None):
+        super().__init__()
+        self.spec = spec
+        self.text_encoder = text_encoder
+        widths = {TEXT: text_encoder.config.hidden_size}
+        if "image" in spec.modalities:
+            self.image_encoder = image_encoder if image_encoder is not None else small_cnn()
+            widths["image"] = spec.image_width
+            self.register_buffer("pixel_mean", torch.tensor(spec.image_mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", torch.tensor(spec.image_std).view(1, 3, 1, 1), persistent=False)
+        if "features" in spec.modalities:
+            self.feature_encoder = nn.Sequential(nn.Linear(spec.feature_count, spec.dim), nn.GELU(),
+                                                 nn.Linear(spec.dim, spec.dim))
+            widths["features"] = spec.dim
+        self.project = nn.ModuleDict({m: nn.Linear(widths[m], spec.dim) for m in spec.modalities})
+        self.missing = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(spec.dim)) for m in spec.modalities[1:]} if spec.missing else {})
+        self.head = HEADS[spec.method](spec)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_encoder.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                image_missing: torch.Tensor | None = None, features_missing: torch.Tensor | None = None,
+                **_: Any) -> FusionOutput:
+        """Extra keyword arguments (``labels``, ``return_dict``... that wrappers such as PEFT pass) are
+        ignored: the core computes the loss from the logits."""
+        text_inputs = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                       "token_type_ids": token_type_ids}
+        states = self.text_encoder(**{k: v for k, v in text_inputs.items() if v is not None}).last_hidden_state
+        parts = [self._part(TEXT, states, attention_mask.bool() if attention_mask is not None else None)]
+        if "image" in self.spec.modalities:
+            parts.append(self._part("image", self._image_tokens(self._needed(pixel_values, "pixel_values")), None,
+                                    image_missing))
+        if "features" in self.spec.modalities:
+            encoded = self.feature_encoder(self._needed(features, "features")).unsqueeze(1)
+            parts.append(self._part("features", encoded, None, features_missing))
+        logits, contributions = self.head(parts)
+        return FusionOutput(logits, contributions)
+
+    def _needed(self, value: torch.Tensor | None, key: str) -> torch.Tensor:
+        if value is None:
+            raise ValueError(f"this model fuses {', '.join(self.spec.modalities)}: pass {key}")
+        return value
+
+    def _image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = (pixels - self.pixel_mean) / self.pixel_std
+        if self.spec.image_encoder == "cnn":
+            return self.image_encoder(pixels).flatten(2).transpose(1, 2)
+        size = self.spec.vision_size
+        if size and pixels.shape[-1] != size:
+            pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        tokens = self.image_encoder(pixel_values=pixels).last_hidden_state
+        return tokens.flatten(2).transpose(1, 2) if tokens.dim() == 4 else tokens  # conv nets: N x C x h x w
+
+    def _part(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor | None,
+              missing: torch.Tensor | None = None) -> Part:
+        tokens = self.project[modality](tokens)
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if missing is not None and modality in self.missing:
+            tokens = torch.where(missing.view(-1, 1, 1), self.missing[modality].to(tokens.dtype), tokens)
+        return Part(tokens, mask, masked_mean(tokens, mask))
+
+    def save_pretrained(self, directory: Path | str) -> None:
+        """config.json (the FusionSpec), the encoders' transformers configs and model.safetensors."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.text_encoder.config.save_pretrained(directory / TEXT_DIR)
+        if self.spec.image_encoder == "pretrained":
+            self.image_encoder.config.save_pretrained(directory / IMAGE_DIR)
+        (directory / CONFIG_FILE).write_text(json.dumps({"model_type": "fmkit-fusion", **asdict(self.spec)}, indent=2))
+        save_model(self, str(directory / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, directory: Path | str, trust_remote_code: bool = False) -> FusionModel:
+        """Rebuild the architecture from the saved configs, then load the weights (strict)."""
+        from safetensors.torch import load_model
+        from transformers import AutoConfig, AutoModel
+
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+            raise FmkitError(f"{directory}: no saved fusion model ({CONFIG_FILE} and {WEIGHTS_FILE})")
+        saved = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        saved.pop("model_type", None)
+        spec = FusionSpec(**saved)
+
+        def encoder(sub: str) -> nn.Module:
+            config = AutoConfig.from_pretrained(directory / sub, trust_remote_code=trust_remote_code)
+            return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+
+        image = encoder(IMAGE_DIR) if spec.image_encoder == "pretrained" else None
+        model = cls(spec, encoder(TEXT_DIR), image)
+        load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        return model
