@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,16 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", "-o", type=Path, help="write here instead of standard output (never overwrites)")
     pr.add_argument("--format", choices=["auto", "conll", "text"], default="auto",
                     help="NER input: CoNLL columns or one sentence a line (default: detect)")
+
+    new = commands.add_parser("new-plugin", help="write a ready pip package for a new plugin")
+    new.add_argument("name", metavar="NAME", help="the plugin's name: lower-case letters, digits and underscores")
+    new.add_argument("--stage", default="adapt", help="pretrain, fuse, adapt, harden or combine (default: adapt)")
+    new.add_argument("--directory", type=Path, help="where to write the package (default: ./fmkit-NAME); must not exist")
+
+    for each in (parser, *commands.choices.values()):  # accepted before or after the command
+        each.add_argument("--no-plugin-autoload", action="store_true", default=argparse.SUPPRESS,
+                          help="load only fmkit's built-in plugins (as FMKIT_DISABLE_PLUGIN_AUTOLOAD=1 does)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "no_plugin_autoload", False):
+            os.environ["FMKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # also seen by worker processes
         if args.command is None:
             build_parser().print_help()
             return 0
-        return {"run": cmd_run, "plugins": cmd_plugins, "eval": cmd_eval, "predict": cmd_predict}[args.command](args)
+        commands = {"run": cmd_run, "plugins": cmd_plugins, "eval": cmd_eval, "predict": cmd_predict,
+                    "new-plugin": cmd_new_plugin}
+        return commands[args.command](args)
     except FmkitError as exc:
         print(f"fmkit: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -209,6 +223,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         rundir.write_text(args.output, text)
         print(f"predictions for {len(examples)} examples written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from fmkit.plugins import discover
+    from fmkit.scaffold import new_plugin
+
+    target = new_plugin(args.name, args.stage, args.directory, set(discover()))
+    print(f"wrote the {args.stage} plugin {args.name!r} as a package in {target}; next:\n"
+          f"  pip install -e {target} && fmkit plugins show {args.name} && python -m pytest {target}")
     return 0
 
 

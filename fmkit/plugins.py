@@ -91,15 +91,15 @@ def discover() -> dict[str, PluginInfo]:
         if autoload_disabled() and dist != BUILTIN_DISTRIBUTION:
             continue
         info = PluginInfo(ep.name, ep.value, dist, ep.dist.version if ep.dist else "?")
-        if ep.name in found and found[ep.name].distribution != dist:
-            other = found[ep.name]
+        other = found.get(ep.name)
+        if other is not None and other.distribution != dist:  # ambiguous: neither is used, both are named
             other.cls = None
-            other.error = f"name clash: plugin {ep.name!r} is provided by both {other.distribution} and {dist}"
+            other.error = f"name clash: {dist} {info.version} provides a plugin {ep.name!r} too; uninstall one of them"
             continue
         try:
             info.cls = ep.load()
             problem = _contract_problem(ep.name, info.cls)
-        except Exception as exc:  # a broken third-party package must not break fmkit
+        except (Exception, SystemExit) as exc:  # a broken third-party package must not break fmkit
             problem = f"{type(exc).__name__}: {exc}"
         if problem:
             info.cls, info.error = None, problem

@@ -1,0 +1,73 @@
+"""Test helpers for fmkit and for plugin authors: a tiny random BERT (hidden 32, 2 layers, own WordPiece
+vocabulary) and a trivially learnable NER data set, so a plugin's end-to-end test is offline and takes
+seconds. torch and transformers load only when a model is made."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+PERSONS = ["alice", "bob", "carol", "dave"]
+PLACES = ["paris", "london", "rome", "berlin"]
+FILLER = ["the", "a", "went", "to", "saw", "and", "in", "met", "today", "with", "big", "old"]
+LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+FAST_TRAIN = ["train.epochs=8", "train.lr=3e-3", "train.batch_size=16", "train.progress=false", "train.warmup_ratio=0"]
+"""``--set`` values that make the tiny model learn the synthetic tagging task (test F1 >= 0.9) in seconds."""
+
+
+def tiny_vocab() -> list[str]:
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = list(LETTERS) + [f"##{c}" for c in LETTERS] + list(".,!?@#-'")
+    return special + PERSONS + PLACES + ["new", "york"] + FILLER + ["good", "bad", "great", "awful"] + pieces
+
+
+def make_tiny_model(directory: Path, **config_overrides: object) -> Path:
+    """Save a random BertModel + tokenizer in ``directory``: a foundation for fast tests (seeded)."""
+    import torch
+    import transformers
+
+    vocab = tiny_vocab()
+    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    config = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, **config_overrides,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)
+
+
+def synthetic_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Names are persons, cities (and 'new york') are places: learnable from the word alone."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        tokens: list[tuple[str, str]] = []
+        for _ in range(rng.randint(3, 9)):
+            r = rng.random()
+            if r < 0.15:
+                tokens.append((rng.choice(PERSONS), "B-PER"))
+            elif r < 0.25:
+                tokens.append((rng.choice(PLACES), "B-LOC"))
+            elif r < 0.3:
+                tokens += [("new", "B-LOC"), ("york", "I-LOC")]
+            else:
+                tokens.append((rng.choice(FILLER), "O"))
+        sentences.append(tokens)
+    return sentences
+
+
+def write_conll(path: Path, sentences: list[list[tuple[str, str]]], sep: str = "\t") -> Path:
+    path.write_text("\n\n".join("\n".join(f"{w}{sep}{t}" for w, t in s) for s in sentences) + "\n", encoding="utf-8")
+    return path
+
+
+def write_ner_files(directory: Path, train: int = 240, dev: int = 40, test: int = 40) -> dict[str, Path]:
+    """``train``/``dev``/``test`` CoNLL files of synthetic sentences in ``directory`` (created)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = {"train": (train, 1), "dev": (dev, 2), "test": (test, 3)}
+    return {split: write_conll(directory / f"{split}.conll", synthetic_sentences(n, seed))
+            for split, (n, seed) in sizes.items()}
