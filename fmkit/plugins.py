@@ -199,9 +199,11 @@ def select(config: RunConfig, available: dict[str, PluginInfo] | None = None) ->
 
 
 def options_table(cls: type) -> list[tuple[str, str, str, str]]:
-    """(name, type, default, description) for each field of a plugin's Options model."""
+    """(name, type, default, description) for each field of a plugin's Options model (or of a pydantic
+    model such as ``TrainConfig``, for the docs)."""
+    model = cls if issubclass(cls, BaseModel) else cls.Options
     rows = []
-    for field_name, f in cls.Options.model_fields.items():
+    for field_name, f in model.model_fields.items():
         annotation = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
         default = f.default_factory() if f.default_factory else f.default
         rows.append((field_name, annotation, repr(default), f.description or ""))
