@@ -18,7 +18,6 @@ from torch import nn
 
 from fmkit.errors import FmkitError
 
-TEXT = "text"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 TEXT_DIR, IMAGE_DIR = "text_encoder", "image_encoder"
 CNN_WIDTH = 64
@@ -145,29 +144,76 @@ class AttentionHead(nn.Module):
 HEADS: dict[str, type[nn.Module]] = {"concat": ConcatHead, "gated": GatedHead, "attention": AttentionHead}
 
 
+class PixelEncoder(nn.Module):
+    """[0, 1] pixels -> image tokens: normalised here (attacks stay in pixel space), then the small CNN's
+    grid cells, or a transformers vision model's tokens (pixels resized to the side it expects)."""
+
+    def __init__(self, spec: FusionSpec, vision: nn.Module | None = None):
+        super().__init__()
+        self.pretrained = vision is not None
+        self.model = vision if vision is not None else small_cnn()
+        self.side = spec.vision_size
+        self.register_buffer("mean", torch.tensor(spec.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.image_std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = (pixels - self.mean) / self.std
+        if not self.pretrained:
+            return self.model(pixels).flatten(2).transpose(1, 2)
+        if self.side and pixels.shape[-1] != self.side:
+            pixels = nn.functional.interpolate(pixels, size=(self.side, self.side), mode="bilinear",
+                                               align_corners=False)
+        tokens = self.model(pixel_values=pixels).last_hidden_state
+        return tokens.flatten(2).transpose(1, 2) if tokens.dim() == 4 else tokens  # conv nets: N x C x h x w
+
+
+class Modality(nn.Module):
+    """One input on its way to fusion: its encoder (none for text: the backbone's states come in), a
+    projection to the fusion width, and a learned stand-in for rows that lack the input."""
+
+    def __init__(self, encoder: nn.Module | None, width: int, dim: int, missing: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.projection = nn.Linear(width, dim)
+        self.missing = nn.Parameter(torch.zeros(dim)) if missing else None
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None,
+                missing: torch.Tensor | None = None) -> Part:
+        tokens = self.projection(self.encoder(inputs) if self.encoder is not None else inputs)
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if missing is not None and self.missing is not None:
+            tokens = torch.where(missing.view(-1, 1, 1), self.missing.to(tokens.dtype), tokens)
+        return Part(tokens, mask, masked_mean(tokens, mask))
+
+
 class FusionModel(nn.Module):
     """Text + image and/or features -> class logits. ``forward`` takes ``input_ids`` or ``inputs_embeds``,
     ``attention_mask``, ``token_type_ids``, ``pixel_values`` (N x 3 x H x W in [0, 1]), ``features``
-    (standardised) and, when rows may lack them, ``image_missing`` / ``features_missing``."""
+    (standardised) and, when rows may lack them, ``image_missing`` / ``features_missing``.
+
+    Its children are the backbone (``text_encoder``) and plain modules that PEFT's ``modules_to_save``
+    can wrap (``text_input``, ``image_input``, ``features_input``, ``head``)."""
+
+    base_model_prefix = "text_encoder"  # the transformers convention: where adapters find the backbone
 
     def __init__(self, spec: FusionSpec, text_encoder: nn.Module, image_encoder: nn.Module | None = None):
         super().__init__()
         self.spec = spec
         self.text_encoder = text_encoder
-        widths = {TEXT: text_encoder.config.hidden_size}
+        self.text_input = Modality(None, text_encoder.config.hidden_size, spec.dim, missing=False)
         if "image" in spec.modalities:
-            self.image_encoder = image_encoder if image_encoder is not None else small_cnn()
-            widths["image"] = spec.image_width
-            self.register_buffer("pixel_mean", torch.tensor(spec.image_mean).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("pixel_std", torch.tensor(spec.image_std).view(1, 3, 1, 1), persistent=False)
+            self.image_input = Modality(PixelEncoder(spec, image_encoder), spec.image_width, spec.dim, spec.missing)
         if "features" in spec.modalities:
-            self.feature_encoder = nn.Sequential(nn.Linear(spec.feature_count, spec.dim), nn.GELU(),
-                                                 nn.Linear(spec.dim, spec.dim))
-            widths["features"] = spec.dim
-        self.project = nn.ModuleDict({m: nn.Linear(widths[m], spec.dim) for m in spec.modalities})
-        self.missing = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(spec.dim)) for m in spec.modalities[1:]} if spec.missing else {})
+            mlp = nn.Sequential(nn.Linear(spec.feature_count, spec.dim), nn.GELU(), nn.Linear(spec.dim, spec.dim),
+                                nn.Unflatten(1, (1, spec.dim)))  # one feature token
+            self.features_input = Modality(mlp, spec.dim, spec.dim, spec.missing)
         self.head = HEADS[spec.method](spec)
+
+    @property
+    def config(self) -> Any:
+        """The text encoder's transformers config: wrappers such as PEFT read generic flags from it."""
+        return self.text_encoder.config
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_encoder.get_input_embeddings()
@@ -182,13 +228,11 @@ class FusionModel(nn.Module):
         text_inputs = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
                        "token_type_ids": token_type_ids}
         states = self.text_encoder(**{k: v for k, v in text_inputs.items() if v is not None}).last_hidden_state
-        parts = [self._part(TEXT, states, attention_mask.bool() if attention_mask is not None else None)]
+        parts = [self.text_input(states, attention_mask.bool() if attention_mask is not None else None)]
         if "image" in self.spec.modalities:
-            parts.append(self._part("image", self._image_tokens(self._needed(pixel_values, "pixel_values")), None,
-                                    image_missing))
+            parts.append(self.image_input(self._needed(pixel_values, "pixel_values"), missing=image_missing))
         if "features" in self.spec.modalities:
-            encoded = self.feature_encoder(self._needed(features, "features")).unsqueeze(1)
-            parts.append(self._part("features", encoded, None, features_missing))
+            parts.append(self.features_input(self._needed(features, "features"), missing=features_missing))
         logits, contributions = self.head(parts)
         return FusionOutput(logits, contributions)
 
@@ -196,25 +240,6 @@ class FusionModel(nn.Module):
         if value is None:
             raise ValueError(f"this model fuses {', '.join(self.spec.modalities)}: pass {key}")
         return value
-
-    def _image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = (pixels - self.pixel_mean) / self.pixel_std
-        if self.spec.image_encoder == "cnn":
-            return self.image_encoder(pixels).flatten(2).transpose(1, 2)
-        size = self.spec.vision_size
-        if size and pixels.shape[-1] != size:
-            pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-        tokens = self.image_encoder(pixel_values=pixels).last_hidden_state
-        return tokens.flatten(2).transpose(1, 2) if tokens.dim() == 4 else tokens  # conv nets: N x C x h x w
-
-    def _part(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor | None,
-              missing: torch.Tensor | None = None) -> Part:
-        tokens = self.project[modality](tokens)
-        if mask is None:
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        if missing is not None and modality in self.missing:
-            tokens = torch.where(missing.view(-1, 1, 1), self.missing[modality].to(tokens.dtype), tokens)
-        return Part(tokens, mask, masked_mean(tokens, mask))
 
     def save_pretrained(self, directory: Path | str) -> None:
         """config.json (the FusionSpec), the encoders' transformers configs and model.safetensors."""
@@ -224,7 +249,7 @@ class FusionModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.text_encoder.config.save_pretrained(directory / TEXT_DIR)
         if self.spec.image_encoder == "pretrained":
-            self.image_encoder.config.save_pretrained(directory / IMAGE_DIR)
+            self.image_input.encoder.model.config.save_pretrained(directory / IMAGE_DIR)
         (directory / CONFIG_FILE).write_text(json.dumps({"model_type": "fmkit-fusion", **asdict(self.spec)}, indent=2))
         save_model(self, str(directory / WEIGHTS_FILE))
 
