@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ev.add_argument("--data", type=Path, required=True, help="labelled file in the run's task format")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    ev.add_argument("--attack", metavar="PLUGIN", help="also score under this harden plugin's attack, e.g. pgd")
+    ev.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option of the --attack plugin, e.g. pgd.eval_steps=20 (repeatable)")
 
     pr = commands.add_parser("predict", help="predict labels for a file with a saved run")
     pr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -115,17 +118,30 @@ def _str(value: Any) -> str | None:
 
 
 def format_metrics(metrics: dict[str, Any], splits: Sequence[str] = ("dev", "test")) -> str:
-    """A small table: one row per split, then one per member when there are several."""
+    """A small table: one row per split, then one per member when there are several; the same
+    under each attack, with the attack success rate, when robust metrics are there."""
     names = ["f1", "precision", "recall"] if metrics["task"] == "ner" else ["accuracy", "macro_f1"]
-    rows = [("", *names)]
+    members = metrics.get("members", {})
+    attacked = "robust" in metrics or any("robust" in e for e in members.values())
+    rows = [("", *names, *(["attack success"] if attacked else []))]
+
+    def add(label: str, result: dict[str, Any]) -> None:
+        success = [f"{result['attack_success_rate']:.4f}" if "attack_success_rate" in result else ""] if attacked else []
+        rows.append((label, *(f"{result[n]:.4f}" for n in names), *success))
+
     for split in splits:
         if split in metrics:
-            rows.append((split, *(f"{metrics[split][n]:.4f}" for n in names)))
-    members = metrics.get("members", {})
+            add(split, metrics[split])
+    for attack, by_split in metrics.get("robust", {}).items():
+        for split in splits:
+            if split in by_split:
+                add(f"{split} under {attack}", by_split[split])
     if len(members) > 1:
         last = "test" if "test" in metrics else "dev"
         for name, entry in members.items():
-            rows.append((f"{name} ({last})", *(f"{entry[last][n]:.4f}" for n in names)))
+            add(f"{name} ({last})", entry[last])
+            for attack, by_split in entry.get("robust", {}).items():
+                add(f"{name} ({last}) under {attack}", by_split[last])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if "dev" in metrics and "test" not in metrics:
@@ -171,15 +187,30 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from fmkit.pipeline import load
 
-    loaded = load(args.run_dir)
+    if args.settings and not args.attack:
+        raise FmkitError("eval --set sets options of the --attack plugin: add --attack NAME")
+    loaded = load(args.run_dir, args.attack, args.settings)
     examples = read_for_run(loaded.run, args.data, labeled=True)
-    result, _ = loaded.prepared.evaluate(loaded.ensemble.predict_proba, examples, "eval")
+    result, predicted = loaded.prepared.evaluate(loaded.ensemble.predict_proba, examples, "eval")
     report = result.pop("report")
     result["examples"] = len(examples)
+    if loaded.attacks:
+        from fmkit.evaluate import softmax_predictor
+        from fmkit.pipeline import robust_metrics
+
+        members, result["robust"] = loaded.ensemble.members, {}
+        for m in members:  # an ensemble's combination has no gradient to attack: its members are attacked
+            clean = predicted if len(members) == 1 else loaded.prepared.predict(softmax_predictor(m.model), examples, "eval")
+            robust = robust_metrics(loaded.prepared, m.model, loaded.attacks, {"eval": examples}, {"eval": clean})
+            suffix = "" if len(members) == 1 else f" ({m.name})"
+            result["robust"].update({name + suffix: by_split["eval"] for name, by_split in robust.items()})
     if args.json:
         print(json.dumps(result))
     else:
-        print(format_metrics({"task": loaded.run.task.kind, str(args.data): result}, splits=[str(args.data)]))
+        label = str(args.data)
+        table = {"task": loaded.run.task.kind, label: result,
+                 "robust": {name: {label: r} for name, r in result.get("robust", {}).items()}}
+        print(format_metrics(table, splits=[label]))
         print(report)
     return 0
 

@@ -134,3 +134,10 @@ def scores(task: Task, gold: list, predicted: list) -> dict[str, Any]:
 
 def gold_labels(task: Task, examples: Sequence) -> list:
     return [e.tags for e in examples] if task.kind == "ner" else [e.label for e in examples]
+
+
+def attack_success_rate(gold: list, clean: list, attacked: list) -> float:
+    """Share of the examples predicted right without the attack (the label, or every word's tag)
+    that the attack makes wrong; 0 when none was right."""
+    right = [i for i, (g, c) in enumerate(zip(gold, clean)) if g == c]
+    return sum(attacked[i] != gold[i] for i in right) / len(right) if right else 0.0

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fmkit import rundir
 from fmkit.config import RunConfig, TrainConfig, describe_validation_error
@@ -15,7 +15,8 @@ from fmkit.data import TaskData, load_task_data
 from fmkit.data.batching import IndexedFeatures
 from fmkit.data.encode import Feature, encode
 from fmkit.errors import FmkitError
-from fmkit.evaluate import example_probs, gold_labels, labels_from_probs, scores, softmax_predictor
+from fmkit.evaluate import (attack_success_rate, example_probs, gold_labels, labels_from_probs, scores,
+                            softmax_predictor)
 from fmkit.model import TextModelBuilder, count_parameters
 from fmkit.plugins import Selection, select
 from fmkit.types import Foundation, Member, MemberSpec, ModelBuilder, Run, Task
@@ -167,33 +168,61 @@ def execute(config: RunConfig, selection: Selection | None = None) -> tuple[Path
 
 def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardeners: list) -> tuple[dict[str, Any], str]:
     """Clean metrics of every member and of the combination, on dev and (when there is one) test,
-    and the per-label reports as text."""
+    each member's metrics under the harden plugins' attacks, and the per-label reports as text."""
     run = prepared.run
     splits = {"dev": data.dev, **({"test": data.test} if data.test else {})}
     metrics: dict[str, Any] = {"task": run.task.kind, "primary_metric": run.task.primary_metric,
                                "data": data.description}
-    reports = []
+    reports, clean = [], {}
     for split, examples in splits.items():
-        result, _ = prepared.evaluate(ensemble.predict_proba, examples, split)
+        result, clean[split] = prepared.evaluate(ensemble.predict_proba, examples, split)
         reports.append(f"== {split} ({len(examples)} examples) ==\n{result.pop('report')}")
         metrics[split] = result
     members: dict[str, Any] = {}
+    attacks = {getattr(h, "name", type(h).__name__): h for h in hardeners}
     member_metrics = getattr(prepared.builder, "member_metrics", None)  # optional, see ModelBuilder
     for member in ensemble.members:
         entry: dict[str, Any] = {"trainable_params": member.trainable_params, "total_params": member.total_params,
                                  "train_seconds": round(member.train_seconds, 1)}
+        own = clean
         if len(ensemble.members) == 1:
             entry.update({s: metrics[s] for s in splits})
         else:
+            own = {}
             for split, examples in splits.items():
-                result, _ = prepared.evaluate(softmax_predictor(member.model), examples, split)
+                result, own[split] = prepared.evaluate(softmax_predictor(member.model), examples, split)
                 result.pop("report")
                 entry[split] = result
+        if attacks:
+            entry["robust"] = robust_metrics(prepared, member.model, attacks, splits, own)
         if member_metrics is not None:
             entry.update(member_metrics(member.model, prepared, splits, hardeners))
         members[member.name] = entry
     metrics["members"] = members
+    if attacks and len(members) == 1:  # an ensemble's combination has no gradient to attack: per member only
+        metrics["robust"] = next(iter(members.values()))["robust"]
     return metrics, "\n".join(reports)
+
+
+def robust_metrics(prepared: Prepared, model: Any, attacks: dict[str, Any], splits: dict[str, list],
+                   clean: dict[str, list]) -> dict[str, Any]:
+    """``{attack: {split: metrics}}`` of ``model`` on inputs perturbed by each Hardener's ``attack``,
+    with the attack success rate against the clean predictions ``clean[split]``."""
+    import torch
+
+    task = prepared.run.task
+    out: dict[str, Any] = {}
+    for name, hardener in attacks.items():
+        out[name] = {}
+        for split, examples in splits.items():
+            def attacked(batch: dict, hardener: Any = hardener) -> Any:
+                return torch.softmax(hardener.attack(model, batch).float(), dim=-1)
+
+            result, predicted = prepared.evaluate(attacked, examples, split)
+            result.pop("report")
+            result["attack_success_rate"] = attack_success_rate(gold_labels(task, examples), clean[split], predicted)
+            out[name][split] = result
+    return out
 
 
 def save(run: Run, selection: Selection, foundation: Foundation, ensemble: Any, metrics: dict, report: str,
@@ -242,10 +271,31 @@ class LoadedRun:
     run: Run
     prepared: Prepared
     ensemble: Any
+    attacks: dict[str, Any] = field(default_factory=dict)  # name -> Hardener, for ``fmkit eval --attack``
 
 
-def load(run_dir: Path) -> LoadedRun:
-    """Rebuild a saved run's ensemble for eval/predict, from its config.json and model/ folder."""
+def with_attack(config: RunConfig, attack: str, settings: Sequence[str]) -> RunConfig:
+    """The saved config with the harden plugin ``attack`` selected too, its options updated by
+    ``settings`` (``NAME.OPTION=VALUE``, options of that plugin only)."""
+    from fmkit.config import parse_setting
+    from fmkit.plugins import discover, lookup
+
+    info = lookup(attack, discover())
+    if info.stage != "harden":
+        raise FmkitError(f"--attack {attack}: not a harden plugin (it serves the {info.stage} stage)")
+    options = {name: dict(values) for name, values in config.plugin_options.items()}
+    for item in settings:
+        path, value = parse_setting(item)
+        if len(path) != 2 or path[0] != attack:
+            raise FmkitError(f"--set {item}: eval takes options of the --attack plugin only, e.g. {attack}.eval_steps=20")
+        options.setdefault(attack, {})[path[1]] = value
+    plugins = config.plugins if attack in config.plugins else [*config.plugins, attack]
+    return config.model_copy(update={"plugins": plugins, "plugin_options": options})
+
+
+def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = ()) -> LoadedRun:
+    """Rebuild a saved run's ensemble for eval/predict, from its config.json and model/ folder;
+    with ``attack``, also that harden plugin's Hardener for robust evaluation."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
@@ -257,6 +307,8 @@ def load(run_dir: Path) -> LoadedRun:
         foundation_path = saved["foundation"]["path"]
     except (ValueError, KeyError, TypeError) as exc:
         raise FmkitError(f"{config_file}: unreadable or from another fmkit version ({exc})") from None
+    if attack:
+        config = with_attack(config, attack, settings)
     selection = select(config)
     model_dir = run_dir / MODEL_DIR
     from transformers import AutoTokenizer
@@ -289,4 +341,5 @@ def load(run_dir: Path) -> LoadedRun:
             raise FmkitError(f"{run_dir}: saved as an ensemble, but no selected plugin can reload it")
     else:
         ensemble = SingleModel(member(MemberSpec("model", config.seed), model_dir))
-    return LoadedRun(run, prepared, ensemble)
+    attacks = {p.name: p.fmkit_harden(run=run) for p in selection.plugins if p.name == attack}
+    return LoadedRun(run, prepared, ensemble, attacks)

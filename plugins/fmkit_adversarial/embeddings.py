@@ -1,0 +1,135 @@
+"""The one embedding-space attack behind ``fgsm``, ``pgd`` and ``freelb``.
+
+It perturbs ``inputs_embeds`` (the looked-up token vectors), never the embedding weight matrix:
+perturbing the weights does nothing when an adapter freezes them, and leaks into every sentence
+that shares a token. Padding and the special tokens that frame every window are never perturbed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from fmkit.errors import FmkitError
+from fmkit.evaluate import model_inputs
+from fmkit.train import task_loss
+from fmkit_adversarial.common import Recipe, gradients_on
+
+
+def input_embedding(model: Any, plugin: str) -> Any:
+    """The model's token-embedding layer, or a one-line error when there is none to perturb."""
+    from torch import nn
+
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    try:
+        layer = base.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        layer = None
+    params = inspect.signature(base.forward).parameters
+    takes_embeds = "inputs_embeds" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if not isinstance(layer, nn.Module) or not takes_embeds:
+        raise FmkitError(f"{plugin}: {type(base).__name__} exposes no input embeddings to perturb "
+                         "(needs get_input_embeddings() and forward(inputs_embeds=...)); drop the plugin or "
+                         "choose another model")
+    return layer
+
+
+def perturbable(batch: dict) -> Any:
+    """(N, T) bool: real tokens other than the special ones every window starts or ends with
+    (CLS/SEP, <s>/</s>: the id that all rows share in first or in last position)."""
+    ids, keep = batch["input_ids"], batch["attention_mask"].bool()
+    last = (keep.sum(dim=1) - 1).clamp(min=0)
+    for edge in (ids[:, 0], ids.gather(1, last[:, None]).squeeze(1)):
+        if bool((edge == edge[0]).all()):
+            keep = keep & (ids != edge[0])
+    return keep
+
+
+class EmbeddingAttack:
+    """Gradient ascent on the input embeddings inside an epsilon ball per token (l2) or per
+    coordinate (linf); trains on the mix ``(1 - adv_weight) * clean + adv_weight * adversarial``."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def train_step(self, model: Any, batch: dict, backward: Callable[[Any], None]) -> Any:
+        r = self.recipe
+        clean = 1.0 - r.adv_weight
+        if r.accumulate:  # FreeLB: the loss at each of the `steps` points trains the parameters
+            weights = [r.adv_weight / r.steps] * r.steps
+        else:  # FGSM / PGD: `steps` ascents, then only the last point trains them
+            weights = [0.0] * r.steps + [r.adv_weight]
+        total = 0.0
+        delta = self.start(batch, model, random=r.random_init)
+        if clean and r.random_init:  # the walk does not start at the clean point: one more pass for it
+            total = self.walk(model, batch, delta * 0, 0.0, [clean], backward)[1]
+        elif clean:  # it does: the clean pass's backward also gives the first ascent direction, free
+            weights[0] += clean
+        return total + self.walk(model, batch, delta, r.step_size, weights, backward)[1]
+
+    def attack(self, model: Any, batch: dict) -> Any:
+        """Logits under the evaluation attack: PGD with ``eval_steps`` from the clean point."""
+        import torch
+
+        with gradients_on(batch) as batch:
+            delta = self.perturbation(model, batch)
+            with torch.no_grad():
+                return self.logits(model, batch, delta)
+
+    def perturbation(self, model: Any, batch: dict) -> Any:
+        """The evaluation attack's perturbation of ``inputs_embeds``, (N, T, H)."""
+        r = self.recipe
+        with gradients_on(batch) as batch:
+            start = self.start(batch, model, random=False)
+            return self.walk(model, batch, start, r.eval_step_size, [0.0] * r.eval_steps, None)[0]
+
+    def start(self, batch: dict, model: Any, random: bool) -> Any:
+        """Zero, or uniform in the ball (linf: per coordinate; l2: random direction and radius per token)."""
+        import torch
+
+        r = self.recipe
+        with torch.no_grad():
+            delta = torch.zeros_like(input_embedding(model, r.name)(batch["input_ids"]))
+        if random and r.norm == "linf":
+            delta.uniform_(-r.epsilon, r.epsilon)
+        elif random:
+            delta.normal_()
+            radius = torch.rand_like(delta[..., :1]) * r.epsilon
+            delta = delta / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12) * radius
+        return delta * perturbable(batch)[..., None]
+
+    def walk(self, model: Any, batch: dict, delta: Any, step_size: float, weights: list[float],
+             backward: Callable[[Any], None] | None) -> tuple[Any, Any]:
+        """One forward pass per weight, each followed by an ascent step; a pass with a positive weight
+        trains the parameters on ``weight * loss`` through the same backward that gives the ascent
+        direction, a zero-weight pass computes the input gradient only. Returns the final
+        perturbation and the weighted loss, detached."""
+        import torch
+
+        keep = perturbable(batch)[..., None]
+        total: Any = 0.0
+        for weight in weights:
+            delta = delta.detach().requires_grad_(True)
+            loss = task_loss(self.logits(model, batch, delta), batch)
+            if weight > 0:
+                backward(loss * weight)
+                grad = delta.grad
+                total = total + weight * loss.detach()
+            else:
+                (grad,) = torch.autograd.grad(loss, delta)
+            delta = self.ascend(delta.detach(), grad, step_size) * keep
+        return delta.detach(), total
+
+    def ascend(self, delta: Any, grad: Any, step_size: float) -> Any:
+        """One step up the loss, projected back into the epsilon ball."""
+        eps = self.recipe.epsilon
+        if self.recipe.norm == "linf":
+            return (delta + step_size * grad.sign()).clamp(-eps, eps)
+        delta = delta + step_size * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return delta * (eps / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+
+    def logits(self, model: Any, batch: dict, delta: Any) -> Any:
+        inputs = model_inputs(batch)
+        ids = inputs.pop("input_ids")
+        embeds = input_embedding(model, self.recipe.name)(ids)
+        return model(**inputs, inputs_embeds=embeds + delta.to(embeds.dtype)).logits
