@@ -82,12 +82,16 @@ def fmkit_combine(run: Run, fit: Callable[[MemberSpec], Member]) -> Ensemble:
     Called once per run. ``fit(spec)`` builds a model, adapts it, trains it (with the harden
     stage) on the rows/weights/seed that ``spec`` names and returns the trained Member with its
     dev metrics. With no combine plugin the run has one member trained on all the data.
+    ``fit.model(seed)`` returns a fresh adapted model (to share or copy before training, passed back
+    as ``spec.model``) and ``fit.probabilities(predict, split, rows)`` gives per-example
+    probabilities of any predictor on a split (out-of-fold predictions, boosting errors, soups).
     """
 
 
 @hookspec(firstresult=True)
-def fmkit_combine_load(run: Run, members: list[Member], state: dict[str, Any]) -> Ensemble:
+def fmkit_combine_load(run: Run, members: list[Member], state: dict[str, Any], directory: Path) -> Ensemble:
     """Rebuild the Ensemble from its reloaded members and the state its ``Ensemble.state()`` saved.
 
-    Called by ``fmkit eval`` / ``fmkit predict`` for runs that had a combine plugin.
+    Called by ``fmkit eval`` / ``fmkit predict`` for runs that had a combine plugin. ``directory`` is
+    the run's ``model/`` folder, where the optional ``Ensemble.save`` wrote its files.
     """

@@ -64,12 +64,19 @@ class Prepared:
         return scores(self.run.task, gold_labels(self.run.task, examples), predicted), predicted
 
     def predict(self, predict: Any, examples: list, split: str) -> list:
+        return labels_from_probs(self.run.task, self.probabilities(predict, examples, split))
+
+    def probabilities(self, predict: Any, examples: list, split: str, rows: Sequence[int] | None = None) -> list:
+        """Per-example probabilities of ``predict`` on ``examples`` (only those at ``rows``, when given)."""
         from fmkit.train import accelerator_for
 
         features = self.encode(split, examples)
+        if rows is not None:
+            wanted = set(rows)
+            features = [f for f in features if f.example in wanted]
         probs = example_probs(self.run.task, features, len(examples), predict, self.run.config.train.eval_batch_size,
                               self.pad_id, accelerator_for(self.run.config.train.precision).device)
-        return labels_from_probs(self.run.task, probs)
+        return probs if rows is None else [probs[r] for r in rows]
 
 
 def apply_train_defaults(config: RunConfig, selection: Selection) -> RunConfig:
@@ -94,34 +101,48 @@ def member_settings(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig
         raise FmkitError(describe_validation_error(exc, prefix="train", model=TrainConfig)) from None
 
 
-def make_fit(prepared: Prepared, hardeners: list) -> Any:
-    """The ``fit(spec) -> Member`` callback handed to the combine stage."""
-    from fmkit.train import train
+class Fit:
+    """The ``fit(spec) -> Member`` callback handed to the combine stage, with what combiners need
+    besides training: a fresh adapted model, and probabilities of any predictor on a split."""
 
-    run = prepared.run
-    hook = prepared.selection.manager.hook
-    train_features = prepared.encode("train", run.data.train)
-    by_example: dict[int, list[int]] = {}
-    for position, f in enumerate(train_features):
-        by_example.setdefault(f.example, []).append(position)
+    def __init__(self, prepared: Prepared, hardeners: list):
+        self.prepared, self.hardeners = prepared, hardeners
+        self.train_features = prepared.encode("train", prepared.run.data.train)
+        self.by_example: dict[int, list[int]] = {}
+        for position, f in enumerate(self.train_features):
+            self.by_example.setdefault(f.example, []).append(position)
 
-    def fit(spec: MemberSpec) -> Member:
+    def model(self, seed: int) -> Any:
+        """A freshly built task model, prepared by the adapt stage; ``seed`` fixes its new weights."""
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+        return self.prepared.selection.manager.hook.fmkit_adapt(run=self.prepared.run, model=self.prepared.builder.build())
+
+    def probabilities(self, predict: Any, split: str, rows: Sequence[int] | None = None) -> list:
+        """Per-example probabilities of ``predict`` (batch -> probabilities) on a split of the run's data."""
+        return self.prepared.probabilities(predict, getattr(self.prepared.run.data, split), split, rows)
+
+    def __call__(self, spec: MemberSpec) -> Member:
+        from fmkit.train import train
+
+        prepared, run = self.prepared, self.prepared.run
         settings = member_settings(run.config.train, spec.options)
         started = time.perf_counter()
-        model = hook.fmkit_adapt(run=run, model=prepared.builder.build())
+        model = self.model(spec.seed) if spec.model is None else spec.model
         examples = range(len(run.data.train)) if spec.indices is None else spec.indices
         rows, weights = [], []
         for position, example in enumerate(examples):
-            for row in by_example[example]:
+            for row in self.by_example[example]:
                 rows.append(row)
                 if spec.weights is not None:
                     weights.append(float(spec.weights[position]))
         report = train(
-            run, model, IndexedFeatures(train_features, rows),
+            run, model, IndexedFeatures(self.train_features, rows),
             lambda m: prepared.evaluate(softmax_predictor(m), run.data.dev, "dev")[0],
             settings=settings, seed=spec.seed, pad_id=prepared.pad_id,
             label=f"{spec.name}: " if spec.name != "model" else "",
-            weights=weights or None, hardeners=hardeners,
+            weights=weights or None, hardeners=self.hardeners,
         )
         trainable, total = count_parameters(model)
         member = Member(spec, model, {k: v for k, v in report.best_dev.items() if k != "report"},
@@ -130,8 +151,6 @@ def make_fit(prepared: Prepared, hardeners: list) -> Any:
                 seconds=round(member.train_seconds, 2), sentences_per_second=round(report.sentences_per_second, 2),
                 trainable_params=trainable, total_params=total, dev=member.dev_metrics)
         return member
-
-    return fit
 
 
 def execute(config: RunConfig, selection: Selection | None = None) -> tuple[Path, dict[str, Any]]:
@@ -152,7 +171,7 @@ def execute(config: RunConfig, selection: Selection | None = None) -> tuple[Path
             foundation, task, config.trust_remote_code)
         hardeners = list(reversed(hook.fmkit_harden(run=run)))  # pluggy answers last-registered first
         prepared = Prepared(run, selection, builder, foundation)
-        fit = make_fit(prepared, hardeners)
+        fit = Fit(prepared, hardeners)
         ensemble = hook.fmkit_combine(run=run, fit=fit) or SingleModel(fit(MemberSpec("model", seed=config.seed)))
         metrics, report = evaluate_ensemble(prepared, ensemble, data, hardeners)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
@@ -256,6 +275,8 @@ def save_models(ensemble: Any, model_dir: Path) -> None:
         return
     for member in ensemble.members:
         member.model.save_pretrained(model_dir / "members" / member.name)
+    if callable(getattr(ensemble, "save", None)):  # optional: what JSON cannot hold (see types.Ensemble)
+        ensemble.save(model_dir)
     rundir.write_json(model_dir / ENSEMBLE_FILE, {
         "members": [{"name": m.name, "seed": m.spec.seed,
                      "indices": list(m.spec.indices) if m.spec.indices is not None else None}
@@ -336,7 +357,7 @@ def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = ())
         layout = json.loads(ensemble_file.read_text(encoding="utf-8"))
         members = [member(MemberSpec(m["name"], m["seed"], m.get("indices")), model_dir / "members" / m["name"])
                    for m in layout["members"]]
-        ensemble = hook.fmkit_combine_load(run=run, members=members, state=layout["state"])
+        ensemble = hook.fmkit_combine_load(run=run, members=members, state=layout["state"], directory=model_dir)
         if ensemble is None:
             raise FmkitError(f"{run_dir}: saved as an ensemble, but no selected plugin can reload it")
     else:

@@ -85,6 +85,8 @@ class MemberSpec:
     indices: Sequence[int] | None = None  # rows of run.data.train; None = all of them
     weights: Sequence[float] | None = None  # one loss weight per row in ``indices`` (or per train row)
     options: dict[str, Any] = field(default_factory=dict)  # overrides of train.* for this member
+    model: Any = None  # a prepared model to train instead of a fresh ``fit.model(seed)`` (e.g. one more
+    # adapter on a backbone that earlier members share, or a copy of a common start for a soup)
 
 
 @dataclass
@@ -114,6 +116,9 @@ class Ensemble(Protocol):
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable combiner state (member weights, ...) saved beside the members."""
+
+    # Optional: ``save(directory)`` writes what JSON cannot hold (a fitted meta-learner, a soup's
+    # averaged model) into the run's ``model/`` folder; ``fmkit_combine_load`` gets that folder back.
 
 
 class Run:

@@ -1,0 +1,232 @@
+"""Combine plugins on the tiny model: bootstraps differ, out-of-fold is out of fold, boosting weights
+follow the errors (scikit-learn's arithmetic), a soup is the average of its members, adapter members
+share one backbone and run in one batched pass, and bad settings are one-line errors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fmkit.cli import main
+from tests.conftest import FAST_TRAIN
+
+QUICK = [s for s in FAST_TRAIN if not s.startswith("train.epochs")] + ["train.epochs=2"]
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def settings(*extra: str) -> list[str]:
+    return [x for s in (*QUICK, *extra) for x in ("--set", s)]
+
+
+def classify_run(runs, files, model, name, plugins, *extra) -> object:
+    code = run_cli("run", "--task", "classify", "--train", files["train"], "--dev", files["dev"], "--model", model,
+                   "--runs-dir", runs, "--name", name, "--plugins", plugins, *settings(*extra))
+    assert code == 0
+    return runs / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("ensemble-runs")
+
+
+@pytest.fixture(scope="module")
+def bagging_run(runs, tiny_model, ner_files):
+    code = run_cli("run", "--task", "ner", "--train", ner_files["train"], "--dev", ner_files["dev"], "--test",
+                   ner_files["test"], "--model", tiny_model, "--runs-dir", runs, "--name", "bagging",
+                   "--plugins", "adapter,bagging", *settings("bagging.members=2", "train.epochs=1"))
+    assert code == 0
+    return runs / "bagging"
+
+
+@pytest.fixture(scope="module")
+def stacking_run(runs, tiny_model, classify_files):
+    return classify_run(runs, classify_files, tiny_model, "stacking", "stacking", "stacking.members=3")
+
+
+def layout(run_dir) -> dict:
+    return json.loads((run_dir / "model" / "ensemble.json").read_text())
+
+
+def test_bagging_members_train_on_different_recorded_bootstrap_samples(bagging_run):
+    members = layout(bagging_run)["members"]
+    samples = [m["indices"] for m in members]
+    assert [len(s) for s in samples] == [240] * 2
+    assert all(len(set(s)) < len(s) for s in samples), "drawn with replacement"
+    assert samples[0] != samples[1], "each member has its own sample"
+    metrics = json.loads((bagging_run / "metrics.json").read_text())
+    assert set(metrics["members"]) == {"m1", "m2"} and "f1" in metrics["test"]
+
+
+def test_adapter_members_share_one_backbone_and_predict_in_one_pass(bagging_run, ner_files, capsys):
+    import torch
+    from peft import PeftModel
+
+    from fmkit.data import read_examples
+    from fmkit.data.batching import Collator
+    from fmkit.evaluate import softmax_predictor
+    from fmkit.pipeline import load
+    from fmkit_ensemble.shared import member_probabilities
+
+    loaded = load(bagging_run)
+    models = [m.model for m in loaded.ensemble.members]
+    assert len({id(m.holder) for m in models}) == 1, "one backbone in memory"
+    examples = read_examples(loaded.run.config, ner_files["test"])[:4]
+    batch = Collator(loaded.prepared.pad_id)(list(enumerate(loaded.prepared.encode("test", examples))))
+    with torch.no_grad():
+        batched = member_probabilities(models, batch)
+        one_by_one = torch.stack([softmax_predictor(m)(batch) for m in models])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
+    assert not torch.allclose(one_by_one[0], one_by_one[1]), "the members differ"
+
+    standalone = PeftModel.from_pretrained(loaded.prepared.builder.build(), bagging_run / "model" / "members" / "m2")
+    with torch.no_grad():
+        assert torch.allclose(softmax_predictor(standalone.eval())(batch), one_by_one[1], atol=1e-5)
+
+    capsys.readouterr()
+    assert run_cli("eval", bagging_run, "--data", ner_files["test"], "--json") == 0
+    saved = json.loads((bagging_run / "metrics.json").read_text())["test"]["f1"]
+    assert json.loads(capsys.readouterr().out)["f1"] == pytest.approx(saved)
+
+
+def test_stacking_meta_learner_sees_only_out_of_fold_predictions(stacking_run, classify_files, capsys):
+    state = layout(stacking_run)
+    folds = state["state"]["folds"]
+    assert sorted(set(folds)) == [0, 1, 2] and len(folds) == 200
+    for f, member in enumerate(state["members"]):
+        assert not {r for r, g in enumerate(folds) if g == f} & set(member["indices"]), "its own fold held out"
+        assert {r for r, g in enumerate(folds) if g != f} == set(member["indices"])
+    assert (stacking_run / "model" / "stacking.skops").is_file()
+
+    from fmkit.types import Member, MemberSpec
+    from fmkit_ensemble.stacking import out_of_fold
+
+    members = [Member(MemberSpec(m["name"], 0, m["indices"]), model=None) for m in state["members"]]
+    oof = out_of_fold(members, folds, lambda m, rows: [np.array([int(m.name[1:])])] * len(rows))
+    assert all(int(p[0]) - 1 == folds[r] for r, p in enumerate(oof)), "each row scored by the member that held it out"
+
+    capsys.readouterr()
+    assert run_cli("eval", stacking_run, "--data", classify_files["dev"], "--json") == 0
+    saved = json.loads((stacking_run / "metrics.json").read_text())["dev"]["accuracy"]
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(saved)
+
+
+def test_members_with_different_label_sets_are_refused(stacking_run, classify_files, tmp_path, capsys):
+    copy = tmp_path / "edited"
+    shutil.copytree(stacking_run, copy)
+    config_file = copy / "model" / "members" / "m2" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["id2label"] = {"0": "neg", "1": "neutral"}
+    config_file.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert run_cli("eval", copy, "--data", classify_files["dev"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "m2" in err and "different label sets" in err
+
+
+def test_samme_arithmetic_matches_scikit_learn_adaboost():
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.ensemble import AdaBoostClassifier
+
+    from fmkit_ensemble.boosting import samme_round
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40)
+    rounds = [np.where(rng.random(40) < p, (y + 1) % 3, y) for p in (0.2, 0.35, 0.3)]  # scripted predictions
+
+    class Scripted(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y, sample_weight=None):
+            self.classes_, self.round_ = np.unique(y), len(fitted)
+            fitted.append(self)
+            return self
+
+        def predict(self, X):
+            return rounds[self.round_][X[:, 0].astype(int)]
+
+    fitted: list = []
+    reference = AdaBoostClassifier(Scripted(), n_estimators=3).fit(np.arange(40)[:, None], y)
+    weights, alphas, errors = np.full(40, 1 / 40), [], []
+    for predicted in rounds:
+        incorrect = (predicted != y).astype(float)
+        updated, alpha, error = samme_round(weights, incorrect, 3)
+        growth = updated / weights
+        assert growth[incorrect == 1] / growth[incorrect == 0][0] == pytest.approx(np.exp(alpha)), \
+            "the rows it got wrong grow exp(alpha) times more"
+        alphas.append(alpha)
+        errors.append(error)
+        weights = updated
+    assert alphas == pytest.approx(reference.estimator_weights_.tolist())
+    assert errors == pytest.approx(reference.estimator_errors_.tolist())
+    by_error = np.array(alphas)[np.argsort(errors)]
+    assert np.all(np.diff(by_error) < 0), "a member with fewer weighted errors gets a larger weight"
+    assert samme_round(np.full(4, 0.25), np.array([1.0, 1, 1, 0]), 3)[0] is None, "no better than chance: dropped"
+
+
+def test_boosting_run_records_weights_from_the_weighted_errors(runs, tiny_model, classify_files):
+    state = layout(classify_run(runs, classify_files, tiny_model, "boosting", "boosting", "boosting.members=2"))["state"]
+    for alpha, error in zip(state["member_weights"], state["weighted_errors"]):
+        assert alpha == pytest.approx(np.log((1 - error) / error) + np.log(2 - 1) if error else 1.0)
+    assert state["weights"] == pytest.approx([a / sum(state["member_weights"]) for a in state["member_weights"]])
+
+
+def test_soup_is_the_average_of_its_adapter_members_weights(runs, tiny_model, classify_files):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    run_dir = classify_run(runs, classify_files, tiny_model, "soup", "adapter,soup", "soup.members=2")
+    assert layout(run_dir)["state"]["weights"] == [0.5, 0.5]
+    soup = AutoModelForSequenceClassification.from_pretrained(run_dir / "model" / "soup").state_dict()
+    merged = []
+    for name in ("m1", "m2"):
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+        merged.append(PeftModel.from_pretrained(base, run_dir / "model" / "members" / name).merge_and_unload().state_dict())
+    assert not torch.allclose(merged[0]["classifier.weight"], merged[1]["classifier.weight"]), "each its own head"
+    for key, value in soup.items():
+        assert torch.allclose(value, (merged[0][key] + merged[1][key]) / 2, atol=1e-6), key
+
+
+def test_greedy_soup_keeps_only_members_that_do_not_lower_the_score():
+    from fmkit_ensemble.soup import greedy
+
+    quality = {0: 0.9, 1: 0.8, 2: 0.1, 3: 0.85}
+    assert greedy([0, 3, 1, 2], lambda chosen: sum(quality[i] for i in chosen) / len(chosen) + 0.04 * len(chosen)) \
+        == [0, 3, 1]
+
+
+def test_hard_and_soft_votes_differ_as_they_should():
+    import torch
+
+    from fmkit.types import Member, MemberSpec
+    from fmkit_ensemble.base import Vote
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, probs):
+            super().__init__()
+            self.logits = torch.log(torch.tensor([probs]))
+
+        def forward(self, **inputs):
+            return type("Out", (), {"logits": self.logits})()
+
+    members = [Member(MemberSpec(f"m{i}", i), Fixed(p)) for i, p in enumerate([[0.55, 0.45], [0.55, 0.45], [0.0, 1.0]])]
+    batch = {"input_ids": torch.ones(1, 3, dtype=torch.long)}
+    assert Vote(members, vote="soft").predict_proba(batch).argmax().item() == 1
+    assert Vote(members, vote="hard").predict_proba(batch)[0].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert Vote(members, [1, 1, 0], "soft").predict_proba(batch).argmax().item() == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plugins", "bagging", "--set", "bagging.members=1"], "bagging.members"),
+    (["--plugins", "voting", "--set", "voting.options={lr: [0.1, 0.2]}"], "voting.options.lr has 2 values for 5 members"),
+    (["--plugins", "stacking", "--set", "stacking.members=300"], "the training split has only 200 examples"),
+])
+def test_bad_ensemble_settings_are_one_line_errors(args, message, tiny_model, classify_files, tmp_path, capsys):
+    code = run_cli("run", "--task", "classify", "--train", classify_files["train"], "--dev", classify_files["dev"],
+                   "--model", tiny_model, "--runs-dir", tmp_path, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and err[-1].startswith("fmkit: error:")
+    assert not list(tmp_path.iterdir()), "nothing trained or left behind"
