@@ -97,6 +97,22 @@ def test_each_modality_is_attacked_alone_and_both_together(fused_runs, mm_files)
     assert max(robust["modalities"]["test"]["robust_accuracy"]["swap"].values()) <= 0.1
 
 
+def test_the_pgd_plugin_attacks_each_modality_of_a_fused_model(fused_runs, mm_files):
+    from fmkit.data import read_examples
+    from fmkit.pipeline import load
+    from fmkit_adversarial import PGD
+
+    loaded = load(fused_runs / "attention")
+    examples = read_examples(loaded.run.config, mm_files["test"])
+    hardener = PGD(PGD.Options(norm="linf", epsilon=0.03, pixel_epsilon=0.2)).fmkit_harden(run=loaded.run)
+    model, prepared = loaded.ensemble.members[0].model, loaded.prepared
+    report = prepared.builder.member_metrics(model, prepared, {"test": examples}, [hardener])["modalities"]["test"]
+    robust = report["robust_accuracy"]["pgd"]
+    clean = json.loads((fused_runs / "attention" / "metrics.json").read_text())["test"]["accuracy"]
+    assert robust["text"] < clean and robust["image"] <= 0.75, robust  # a colour flip halves the image's classes
+    assert robust["text+image"] <= min(robust["text"], robust["image"]) + 0.05, robust
+
+
 def write_rows(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
