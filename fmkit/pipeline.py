@@ -198,7 +198,8 @@ def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardene
         reports.append(f"== {split} ({len(examples)} examples) ==\n{result.pop('report')}")
         metrics[split] = result
     members: dict[str, Any] = {}
-    attacks = {getattr(h, "name", type(h).__name__): h for h in hardeners}
+    attacks = {getattr(h, "name", type(h).__name__): h for h in hardeners
+               if getattr(h, "attack", None) is not None}  # attack = None: a training loss only (e.g. distill)
     member_metrics = getattr(prepared.builder, "member_metrics", None)  # optional, see ModelBuilder
     for member in ensemble.members:
         entry: dict[str, Any] = {"trainable_params": member.trainable_params, "total_params": member.total_params,

@@ -1,0 +1,70 @@
+"""Does a distilled adapter keep an ensemble's gain at single-model cost? Three runs on the embedded default
+(MiniLM-L6, WNUT-16), same seed, data and epochs: one LoRA adapter; a bagging ensemble of LoRA adapters
+(the teacher); one LoRA adapter distilled from it. Writes benchmarks/results/distill.json.
+
+    pip install ./contrib/fmkit-distill
+    flock /tmp/fmkit-cpu.lock python contrib/fmkit-distill/benchmark.py --limit 600 --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from fmkit.cli import main
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "distill.json"
+
+
+def run(runs: Path, name: str, plugins: str, common: list[str], *settings: str) -> dict:
+    started = time.perf_counter()
+    sets = [x for s in (*common, *settings) for x in ("--set", s)]
+    assert main(["run", "--plugins", plugins, "--runs-dir", str(runs), "--name", name, *sets]) == 0
+    metrics = json.loads((runs / name / "metrics.json").read_text())
+    members = metrics["members"]
+    return {
+        "plugins": plugins, "settings": list(settings), "test": metrics["test"], "dev": metrics["dev"],
+        "members": len(members), "wall_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(sum(m["train_seconds"] for m in members.values()), 1),
+        "trainable_params_per_member": next(iter(members.values()))["trainable_params"],
+        "member_test_f1": {k: round(m["test"]["f1"], 4) for k, m in members.items()},
+    }
+
+
+def main_benchmark() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=600, help="training sentences (data.limit); dev/test stay whole")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    common = [f"data.limit={args.limit}", f"train.epochs={args.epochs}", "train.progress=false", f"seed={args.seed}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp)
+        single = run(runs, "single", "adapter", common)
+        teacher = run(runs, "teacher", "adapter,bagging", common, f"bagging.members={args.members}")
+        student = run(runs, "student", "distill", common, f"distill.teacher={runs / 'teacher'}", "distill.student=adapter")
+    gain = teacher["test"]["f1"] - single["test"]["f1"]
+    kept = (student["test"]["f1"] - single["test"]["f1"]) / gain if gain > 0 else None
+    result = {
+        "command": f"python contrib/fmkit-distill/benchmark.py --limit {args.limit} --epochs {args.epochs} "
+                   f"--members {args.members} --seed {args.seed}",
+        "data": "WNUT-16 (embedded default), 80/10/10 split, training set limited to --limit sentences",
+        "machine": f"{platform.machine()}, CPU, shared with other jobs",
+        "runs": {"single": single, "teacher": teacher, "student": student},
+        "ensemble_gain_test_f1": round(gain, 4),
+        "share_of_gain_kept": None if kept is None else round(kept, 3),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    for name, r in result["runs"].items():
+        print(f"{name:8} test F1 {r['test']['f1']:.4f}  members {r['members']}  train {r['train_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main_benchmark()

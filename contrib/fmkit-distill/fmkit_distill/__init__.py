@@ -1,0 +1,183 @@
+"""Knowledge distillation as a third-party fmkit plugin (adapt stage): a student learns from a saved teacher
+run, a single model or an ensemble, with the loss
+
+    alpha * CE(student, gold) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+
+where ``_T`` is a distribution softened by the temperature T (Hinton et al. 2015; the DistilBERT recipe).
+On ``ner`` the soft targets are per token: the teacher's probabilities for each word, placed on the
+student's first sub-token of that word, so teacher and student may use different tokenizers.
+
+It uses fmkit's public API only. The adapt stage decides what trains but not the loss, so besides its own
+hook the plugin implements two others: a pretrain continuation that notes the student's tokenizer as the
+foundation passes, and a harden hook whose loss-only Hardener (``attack = None``) trains on the soft targets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import fmkit
+from fmkit.config import describe_validation_error
+from fmkit.errors import FmkitError
+from fmkit.types import Foundation, ModelBuilder, Run
+
+
+class Distill:
+    """Knowledge distillation: a student (any adapt method) learns the soft predictions of a teacher run."""
+
+    name, stage = "distill", "adapt"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        teacher: Path | None = Field(None, description="run directory of the teacher (`fmkit run` output, single "
+                                                       "model or ensemble); required")
+        alpha: float = Field(0.5, ge=0, le=1, description="weight of the cross-entropy with the gold labels; the "
+                                                          "soft-target term gets 1 - alpha")
+        temperature: float = Field(2.0, gt=0, description="T: softens teacher and student alike; the soft term "
+                                                          "is scaled by T^2 so its gradients keep their size")
+        student: str = Field("full", description="the adapt plugin that prepares the student: full, adapter, ...")
+        student_options: dict[str, Any] = Field({}, description="options of the student plugin, e.g. {r: 16} "
+                                                                "for adapter")
+
+    def __init__(self, options: Options):
+        from fmkit.plugins import discover, lookup
+
+        self.options = options
+        info = lookup(options.student, discover())
+        if info.stage != "adapt" or info.name == self.name:
+            raise FmkitError(f"distill.student: {options.student!r} is not another adapt plugin (e.g. full, adapter)")
+        try:
+            student_options = info.cls.Options.model_validate(options.student_options)
+        except ValidationError as exc:
+            raise FmkitError(describe_validation_error(exc, prefix="distill.student_options",
+                                                       model=info.cls.Options)) from None
+        self.student = info.cls(student_options)
+        self.student.name, self.student.stage = info.name, info.stage
+        self.foundation: Foundation | None = None
+
+    @property
+    def train_defaults(self) -> dict[str, Any]:
+        return dict(getattr(self.student, "train_defaults", {}))
+
+    def check(self, config: Any) -> None:
+        if self.options.teacher is None:
+            raise FmkitError("distill.teacher: name the teacher's run directory, e.g. --set distill.teacher=runs/NAME")
+        if config.task == "multimodal":
+            raise FmkitError("distill: multimodal runs are not supported (soft targets are matched on token ids)")
+        if callable(getattr(self.student, "check", None)):
+            self.student.check(config)
+
+    @fmkit.hookimpl(wrapper=True)
+    def fmkit_pretrain(self, run: Run) -> Any:
+        self.foundation = yield  # the student's tokenizer: its windows are what the soft targets are matched to
+        return self.foundation
+
+    @fmkit.hookimpl
+    def fmkit_adapt(self, run: Run, model: Any) -> Any:
+        return self.student.fmkit_adapt(run=run, model=model)
+
+    @fmkit.hookimpl
+    def fmkit_adapt_load(self, run: Run, builder: ModelBuilder, directory: Path) -> Any:
+        return self.student.fmkit_adapt_load(run=run, builder=builder, directory=directory)
+
+    @fmkit.hookimpl
+    def fmkit_harden(self, run: Run) -> SoftTargets:
+        probs = teacher_probabilities(run, Path(self.options.teacher))
+        return SoftTargets(run, self.foundation.tokenizer, probs, self.options.alpha, self.options.temperature)
+
+
+def teacher_probabilities(run: Run, directory: Path) -> list[Any]:
+    """The teacher's probabilities for each training example of the student's run, in the student's label
+    order: (words, classes) per sentence for ner, (classes,) per text for classify."""
+    import numpy as np
+
+    from fmkit.evaluate import example_probs
+    from fmkit.pipeline import load
+
+    if not (directory / "config.json").is_file():
+        raise FmkitError(f"distill.teacher: {directory} is not a run directory (no config.json)")
+    teacher = load(directory)
+    task = teacher.run.task
+    if task.kind != run.task.kind:
+        raise FmkitError(f"distill.teacher: {directory} is a {task.kind} run; this run's task is {run.task.kind}")
+    missing = [label for label in run.task.labels if label not in task.labels]
+    if missing:
+        raise FmkitError(f"distill.teacher: the teacher never predicts {', '.join(missing)} (its labels: "
+                         f"{', '.join(task.labels)}); train it on the same data and scheme")
+    columns = [task.labels.index(label) for label in run.task.labels]
+    examples = run.data.train
+    device = next(teacher.ensemble.members[0].model.parameters()).device
+    probs = example_probs(task, teacher.prepared.encode("distill", examples), len(examples),
+                          teacher.ensemble.predict_proba, teacher.run.config.train.eval_batch_size,
+                          teacher.prepared.pad_id, device)
+    run.say(f"distill: teacher {directory} ({len(teacher.ensemble.members)} member(s)) scored "
+            f"{len(examples):,} training examples")
+    kept = [p[..., columns] for p in probs]  # labels the student never sees are dropped, the rest renormalised
+    return [p / np.clip(p.sum(axis=-1, keepdims=True), 1e-12, None) for p in kept]
+
+
+class SoftTargets:
+    """A loss-only Hardener (``attack = None``: robust evaluation skips it): the distillation loss of a batch.
+
+    Training batches carry token ids, not example numbers, so the soft targets are looked up by the exact
+    ids of each window, encoded here as the core encodes the training split."""
+
+    attack = None
+
+    def __init__(self, run: Run, tokenizer: Any, probs: list[Any], alpha: float, temperature: float):
+        import numpy as np
+
+        from fmkit.data.encode import encode
+
+        self.name, self.kind = "distill", run.task.kind
+        self.alpha, self.temperature = alpha, temperature
+        self.misses = 0  # windows without soft targets (should stay 0): they train on the gold labels alone
+        self.table: dict[tuple[int, ...], tuple[list[int], Any]] = {}
+        for f in encode(run.task, run.data.train, tokenizer, run.config.train.max_length):
+            p = probs[f.example]
+            if self.kind == "ner":  # the words this window predicts, at their first sub-token
+                positions, p = [pos for _, pos in f.word_positions], p[[w for w, _ in f.word_positions]]
+            else:
+                positions, p = [0], p[None]
+            soft = np.power(np.clip(p, 1e-12, None), 1.0 / temperature)
+            self.table[tuple(f.input_ids)] = (positions, soft / soft.sum(axis=-1, keepdims=True))
+
+    def targets(self, batch: dict, classes: int) -> tuple[Any, Any]:
+        """Softened teacher distributions (batch, tokens, classes) and the mask of positions that have one."""
+        import torch
+
+        ids, lengths = batch["input_ids"], batch["attention_mask"].sum(dim=1).tolist()
+        width = ids.shape[1] if self.kind == "ner" else 1
+        targets = torch.zeros((len(lengths), width, classes))
+        mask = torch.zeros((len(lengths), width))
+        for row, length in enumerate(lengths):
+            found = self.table.get(tuple(ids[row, :length].tolist()))
+            if found is None:
+                self.misses += 1
+                continue
+            positions, soft = found
+            targets[row, positions] = torch.as_tensor(soft, dtype=torch.float)
+            mask[row, positions] = 1.0
+        return targets.to(ids.device), mask.to(ids.device)
+
+    def loss(self, logits: Any, batch: dict) -> Any:
+        import torch
+
+        from fmkit.train import task_loss
+
+        targets, mask = self.targets(batch, logits.shape[-1])
+        student = torch.log_softmax(logits.float().reshape(len(mask), -1, logits.shape[-1]) / self.temperature, dim=-1)
+        kl = (targets * (torch.log(targets.clamp(min=1e-12)) - student)).sum(dim=-1)  # 0 where mask is 0
+        soft = (kl * mask).sum() / mask.sum().clamp(min=1)
+        return self.alpha * task_loss(logits, batch) + (1 - self.alpha) * self.temperature ** 2 * soft
+
+    def train_step(self, model: Any, batch: dict, backward: Any) -> Any:
+        from fmkit.train import forward_logits
+
+        loss = self.loss(forward_logits(model, batch), batch)
+        backward(loss)
+        return loss.detach()

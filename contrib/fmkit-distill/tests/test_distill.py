@@ -1,0 +1,82 @@
+"""fmkit-distill on fmkit's tiny test model: the loss is the recipe's, and students learn from a single-model
+and from an ensemble teacher, through the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fmkit.cli import main
+from fmkit.testing import FAST_TRAIN, make_tiny_model, write_ner_files
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    return {"model": make_tiny_model(root / "model"), "data": write_ner_files(root / "data", train=120, dev=30, test=30),
+            "runs": root / "runs"}
+
+
+def run(setup, name: str, plugins: str, *settings: str) -> dict:
+    data = setup["data"]
+    sets = [x for s in (*FAST_TRAIN, "train.epochs=4", *settings) for x in ("--set", s)]
+    code = main(["run", "--plugins", plugins, "--model", str(setup["model"]), "--train", str(data["train"]),
+                 "--dev", str(data["dev"]), "--test", str(data["test"]), "--runs-dir", str(setup["runs"]),
+                 "--name", name, *sets])
+    assert code == 0
+    return json.loads((setup["runs"] / name / "metrics.json").read_text())
+
+
+def test_loss_is_alpha_ce_plus_t2_kl():
+    import torch
+
+    from fmkit.train import task_loss
+    from fmkit_distill import SoftTargets
+
+    soft = SoftTargets.__new__(SoftTargets)
+    soft.kind, soft.alpha, soft.temperature, soft.misses = "ner", 0.3, 2.0, 0
+    teacher = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    softened = teacher ** 0.5 / (teacher ** 0.5).sum(-1, keepdim=True)
+    soft.table = {(2, 7, 8, 3): ([1, 2], softened.numpy())}
+    logits = torch.randn(1, 4, 3)
+    batch = {"input_ids": torch.tensor([[2, 7, 8, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, 0, 2, -100]])}
+    student = torch.log_softmax(logits[0, 1:3] / 2.0, dim=-1)
+    kl = torch.nn.functional.kl_div(student, softened, reduction="batchmean")
+    expected = 0.3 * task_loss(logits, batch) + 0.7 * 4.0 * kl
+    assert math.isclose(float(soft.loss(logits, batch)), float(expected), rel_tol=1e-5)
+    batch["input_ids"] = torch.tensor([[2, 9, 9, 3]])  # unknown window: gold labels only, counted
+    assert math.isclose(float(soft.loss(logits, batch)), 0.3 * float(task_loss(logits, batch)), rel_tol=1e-5)
+    assert soft.misses == 1
+
+
+@pytest.mark.parametrize("teacher_plugins", ["full", "bagging"])
+def test_student_learns_from_teacher(setup, teacher_plugins):
+    teacher = f"teacher-{teacher_plugins}"
+    run(setup, teacher, teacher_plugins, *(["bagging.members=2"] if teacher_plugins == "bagging" else []))
+    student = run(setup, f"student-of-{teacher_plugins}", "distill",
+                  f"distill.teacher={setup['runs'] / teacher}", "distill.alpha=0.5")
+    assert student["test"]["f1"] > 0.7, student["test"]
+    assert "robust" not in student  # the soft-target loss is no attack
+    config = json.loads((setup["runs"] / f"student-of-{teacher_plugins}" / "config.json").read_text())
+    assert config["plugins"]["distill"]["package"] == "fmkit-distill"
+    log = (setup["runs"] / f"student-of-{teacher_plugins}" / "report.txt").read_text()
+    assert f"({2 if teacher_plugins == 'bagging' else 1} member(s)) scored 120 training examples" in log
+    assert main(["eval", str(setup["runs"] / f"student-of-{teacher_plugins}"), "--data", str(setup["data"]["test"])]) == 0
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ([], "distill.teacher: name the teacher's run directory"),
+    (["distill.teacher=/nonexistent"], "distill.teacher: /nonexistent is not a run directory"),
+    (["distill.teacher=x", "distill.student=distill"], "distill.student: 'distill' is not another adapt plugin"),
+    (["distill.teacher=x", "distill.student_options={rank: 2}"], "unknown option 'distill.student_options.rank'"),
+])
+def test_bad_settings_are_one_line_errors(setup, capsys, settings, message):
+    data = setup["data"]
+    sets = [x for s in settings for x in ("--set", s)]
+    assert main(["run", "--plugins", "distill", "--model", str(setup["model"]), "--train", str(data["train"]),
+                 "--runs-dir", str(setup["runs"]), *sets]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fmkit: error: ")]
+    assert len(errors) == 1 and message in errors[0], errors
