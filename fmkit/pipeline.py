@@ -261,7 +261,7 @@ def save(run: Run, selection: Selection, foundation: Foundation, ensemble: Any, 
         "run": target.name,
         "config": run.config.model_dump(mode="json"),
         "plugins": selection.describe(),
-        "foundation": {"path": str(foundation.path), "source": foundation.source},
+        "foundation": {"path": _portable(foundation.path, directory), "source": foundation.source},
         "task": asdict(run.task),
     })
     rundir.write_json(directory / "metrics.json", metrics)
@@ -284,6 +284,13 @@ def save_models(ensemble: Any, model_dir: Path) -> None:
                     for m in ensemble.members],
         "state": ensemble.state(),
     })
+
+
+def _portable(path: str, directory: Path) -> str:
+    """A foundation saved inside the run directory is recorded relative to it: the run moves into place
+    after saving, and may be copied elsewhere later."""
+    inside = Path(path).resolve()
+    return str(inside.relative_to(directory.resolve())) if inside.is_relative_to(directory.resolve()) else str(path)
 
 
 @dataclass
@@ -339,6 +346,8 @@ def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = ())
 
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if (run_dir / foundation_path).is_dir():  # a backbone saved inside the run (e.g. by mlm)
+        foundation_path = str(run_dir / foundation_path)
     foundation = Foundation(foundation_path, tokenizer, saved["foundation"].get("source", ""))
     run = Run(config, task, None, None)
     hook = selection.manager.hook

@@ -82,6 +82,10 @@ def train(
     set_seed(seed)
     accelerator = accelerator_for(settings.precision)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:  # nothing left to train (e.g. a head fitted in closed form): score it once
+        model.eval()
+        dev = evaluate_dev(model)
+        return TrainReport(0, 0, dev[run.task.primary_metric], dev, 0.0, 0.0)
     no_decay = [p for n, p in named if p.ndim < 2]
     decay = [p for n, p in named if p.ndim >= 2]
     optimizer = torch.optim.AdamW(
@@ -130,6 +134,7 @@ def train(
             run.log("step", member=label.strip(": ") or None, epoch=epoch, step=step + 1, loss=round(loss_value, 5),
                     lr=scheduler.get_last_lr()[0])
         stepping += time.perf_counter() - epoch_start
+        model.eval()  # dev scores select the epoch: no dropout while scoring
         dev = evaluate_dev(accelerator.unwrap_model(model))
         score = dev[run.task.primary_metric]
         run.log("epoch", member=label.strip(": ") or None, epoch=epoch,
