@@ -34,7 +34,7 @@ class Adapter:
         dropout: float = Field(0.1, ge=0, lt=1, description="lora, adalora: dropout on the adapter input; "
                                                             "loha, lokr: rank dropout")
         target_modules: list[str] | None = Field(
-            None, description="backbone linear layers to adapt, by name suffix (e.g. [query, value]); none = "
+            None, min_length=1, description="backbone linear layers to adapt, by name suffix (e.g. [query, value]); none = "
                               "every linear layer of the backbone (ia3: keys, values, feed-forward outputs)")
         num_virtual_tokens: int = Field(20, gt=0, description="prefix, prompt: virtual tokens in front of the input")
 
