@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from fmkit.errors import FmkitError
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                      help="an option, e.g. train.epochs=5 or pgd.steps=3 (repeatable; applied last)")
     run.add_argument("--trust-remote-code", action="store_true", default=None, help="allow model code from the checkpoint")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue the interrupted run RUNS_DIR/NAME from its last checkpoint, with its own options")
+    run.add_argument("--executor", choices=["sequential", "ray"],
+                     help="how ensemble members train: one after another (default) or as Ray tasks")
+    run.add_argument("--ray-address", help="Ray cluster for --executor ray (default: RAY_ADDRESS, else a local Ray)")
 
     plugins = commands.add_parser("plugins", help="list installed plugins by stage, or show one's options")
     plugins.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -100,17 +106,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     available = discover()
     flags = {"plugins": args.plugins, "task": args.task, "data.train": _str(args.train), "data.dev": _str(args.dev),
              "data.test": _str(args.test), "model": args.model, "name": args.name, "runs_dir": _str(args.runs_dir),
-             "overwrite": args.overwrite, "seed": args.seed, "trust_remote_code": args.trust_remote_code}
-    file_values = read_config_file(args.config) if args.config else None
-    config = build_config(file_values, flags, args.settings, set(available))
+             "overwrite": args.overwrite, "seed": args.seed, "trust_remote_code": args.trust_remote_code,
+             "executor": args.executor, "ray_address": args.ray_address}
+    if args.resume is not None:
+        config = resumed_config(args)
+    else:
+        file_values = read_config_file(args.config) if args.config else None
+        config = build_config(file_values, flags, args.settings, set(available))
     selection = select(config, available)
 
     from fmkit.pipeline import execute
+    from fmkit.train import processes
 
-    target, metrics = execute(config, selection)
-    print(format_metrics(metrics))
-    print(f"run saved in {target}")
+    with sigterm_interrupts():
+        target, metrics = execute(config, selection, resume=args.resume is not None)
+    if processes().is_main_process:  # under accelerate launch, one report
+        print(format_metrics(metrics))
+        print(f"run saved in {target}")
     return 0
+
+
+def resumed_config(args: argparse.Namespace) -> Any:
+    """The interrupted run's own config; only what cannot change its results may be given too."""
+    from fmkit.checkpoint import resumable_config
+    from fmkit.config import parse_setting
+
+    fixed = ["plugins", "task", "train", "dev", "test", "model", "name", "runs_dir", "overwrite", "seed", "config",
+             "trust_remote_code"]
+    given = [f"--{name.replace('_', '-')}" for name in fixed if getattr(args, name) is not None]
+    if given:
+        raise FmkitError(f"--resume continues a run with its own options: drop {', '.join(given)}")
+    settings = {key: value for key, value in (("executor", args.executor), ("ray_address", args.ray_address))
+                if value is not None}
+    for item in args.settings:
+        path, value = parse_setting(item)
+        settings[".".join(path)] = value
+    return resumable_config(args.resume, settings)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler) stops a run as Ctrl-C does: its last checkpoint is kept."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _str(value: Any) -> str | None:

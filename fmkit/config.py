@@ -73,6 +73,12 @@ class TrainConfig(BaseModel):
     )
     precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision (Accelerate)")
     progress: bool = Field(True, description="show a progress bar")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="also checkpoint every N training steps, not only at epoch ends (for --resume)"
+    )
+    on_nan: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or gradient: stop the run (resumable) or skip that batch"
+    )
 
 
 class RunConfig(BaseModel):
@@ -88,6 +94,12 @@ class RunConfig(BaseModel):
     runs_dir: Path = Field(Path("runs"), description="where run directories are created")
     overwrite: bool = Field(False, description="replace an existing run directory of the same name")
     trust_remote_code: bool = Field(False, description="allow model code from the checkpoint (off: safer)")
+    executor: Literal["sequential", "ray"] = Field(
+        "sequential", description="how fit.map trains independent ensemble members: one after another, or as Ray tasks"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster for executor ray (none: the RAY_ADDRESS variable, else a local Ray)"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     plugin_options: dict[str, dict[str, Any]] = Field(

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fmkit import rundir
+from fmkit.checkpoint import (MemberCheckpoints, RunCheckpoints, abandon, open_partial, trainable_state,
+                              unreadable_weights)
 from fmkit.config import RunConfig, TrainConfig, describe_validation_error
 from fmkit.data import TaskData, load_task_data
 from fmkit.data.batching import IndexedFeatures
@@ -105,8 +107,8 @@ class Fit:
     """The ``fit(spec) -> Member`` callback handed to the combine stage, with what combiners need
     besides training: a fresh adapted model, and probabilities of any predictor on a split."""
 
-    def __init__(self, prepared: Prepared, hardeners: list):
-        self.prepared, self.hardeners = prepared, hardeners
+    def __init__(self, prepared: Prepared, hardeners: list, checkpoints: RunCheckpoints | None = None):
+        self.prepared, self.hardeners, self.checkpoints = prepared, hardeners, checkpoints
         self.train_features = prepared.encode("train", prepared.run.data.train)
         self.by_example: dict[int, list[int]] = {}
         for position, f in enumerate(self.train_features):
@@ -130,6 +132,9 @@ class Fit:
         settings = member_settings(run.config.train, spec.options)
         started = time.perf_counter()
         model = self.model(spec.seed) if spec.model is None else spec.model
+        saved = self.checkpoints.member(spec.name) if self.checkpoints is not None else None
+        if saved is not None and saved.done():  # trained before an interruption
+            return self.restore(spec, model, saved)
         examples = range(len(run.data.train)) if spec.indices is None else spec.indices
         rows, weights = [], []
         for position, example in enumerate(examples):
@@ -142,46 +147,88 @@ class Fit:
             lambda m: prepared.evaluate(softmax_predictor(m), run.data.dev, "dev")[0],
             settings=settings, seed=spec.seed, pad_id=prepared.pad_id,
             label=f"{spec.name}: " if spec.name != "model" else "",
-            weights=weights or None, hardeners=self.hardeners,
+            weights=weights or None, hardeners=self.hardeners, checkpoints=saved,
         )
         trainable, total = count_parameters(model)
         member = Member(spec, model, {k: v for k, v in report.best_dev.items() if k != "report"},
                         time.perf_counter() - started, trainable, total)
-        run.log("member", name=spec.name, best_epoch=report.best_epoch, epochs_run=report.epochs_run,
-                seconds=round(member.train_seconds, 2), sentences_per_second=round(report.sentences_per_second, 2),
-                trainable_params=trainable, total_params=total, dev=member.dev_metrics)
+        record = dict(name=spec.name, best_epoch=report.best_epoch, epochs_run=report.epochs_run,
+                      seconds=round(member.train_seconds, 2), sentences_per_second=round(report.sentences_per_second, 2),
+                      trainable_params=trainable, total_params=total, dev=member.dev_metrics)
+        run.log("member", **record)
+        if saved is not None:
+            saved.save_done(trainable_state(model), record)
         return member
 
+    def restore(self, spec: MemberSpec, model: Any, saved: MemberCheckpoints) -> Member:
+        """A member trained before an interruption (or by a Ray worker): its weights, put into ``model``."""
+        from fmkit.train import accelerator_for
 
-def execute(config: RunConfig, selection: Selection | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train, evaluate and save one run; return the run directory and its metrics."""
+        record = saved.load_done(model)
+        model.to(accelerator_for(self.prepared.run.config.train.precision).device).eval()
+        self.prepared.run.log("member", **record, restored=True)
+        return Member(spec, model, record["dev"], record["seconds"], record["trainable_params"], record["total_params"])
+
+    def map(self, specs: Sequence[MemberSpec]) -> list[Member]:
+        """Train independent members: one after another, or as Ray tasks with ``--executor ray``."""
+        from fmkit.executors import fit_all
+
+        return fit_all(self, list(specs))
+
+
+def prepare(run: Run, selection: Selection, foundation: Foundation) -> tuple[Prepared, list]:
+    """The fuse and harden stages: what training and evaluation share (a Ray worker rebuilds it too)."""
+    hook = selection.manager.hook
+    builder = hook.fmkit_fuse(run=run, foundation=foundation) or TextModelBuilder(
+        foundation, run.task, run.config.trust_remote_code)
+    hardeners = list(reversed(hook.fmkit_harden(run=run)))  # pluggy answers last-registered first
+    return Prepared(run, selection, builder, foundation), hardeners
+
+
+def execute(config: RunConfig, selection: Selection | None = None, resume: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train, evaluate and save one run; return the run directory and its metrics. ``resume``: continue
+    the interrupted run of that name from its checkpoints. Under ``accelerate launch`` every process
+    trains; only the main one writes the run directory."""
+    from fmkit.executors import check_executor
+    from fmkit.train import processes
+
     selection = selection or select(config)
+    check_executor(config)
     config = apply_train_defaults(config, selection)
     task, data = load_task_data(config)
+    group = processes()
     name = rundir.run_name(config.name)
+    if group.num_processes > 1:  # a timestamp name must be the main process's
+        from accelerate.utils import broadcast_object_list
+
+        name = broadcast_object_list([name])[0]
     target = rundir.check_target(config.runs_dir, name, config.overwrite)
     started = time.perf_counter()
-    partial = rundir.start(target)
+    partial = open_partial(target, config.model_copy(update={"name": name}), resume, group.is_main_process)
+    group.wait_for_everyone()
     run = Run(config, task, data, partial)
+    checkpoints = RunCheckpoints(partial, group.is_main_process, lambda: run.log_text)
     try:
         run.say(f"data: {data.description}")
         hook = selection.manager.hook
         foundation = hook.fmkit_pretrain(run=run)
-        builder = hook.fmkit_fuse(run=run, foundation=foundation) or TextModelBuilder(
-            foundation, task, config.trust_remote_code)
-        hardeners = list(reversed(hook.fmkit_harden(run=run)))  # pluggy answers last-registered first
-        prepared = Prepared(run, selection, builder, foundation)
-        fit = Fit(prepared, hardeners)
+        prepared, hardeners = prepare(run, selection, foundation)
+        if resume:
+            run.restore_log(checkpoints.log_text())
+        fit = Fit(prepared, hardeners, checkpoints)
         ensemble = hook.fmkit_combine(run=run, fit=fit) or SingleModel(fit(MemberSpec("model", seed=config.seed)))
         metrics, report = evaluate_ensemble(prepared, ensemble, data, hardeners)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
-        save(run, selection, foundation, ensemble, metrics, report, target)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(partial, ignore_errors=True)
+        if group.is_main_process:
+            save(run, selection, foundation, ensemble, metrics, report, target)
+    except BaseException as exc:
+        if group.is_main_process:
+            abandon(partial, target, exc)
         raise
-    rundir.finish(partial, target)
+    if group.is_main_process:
+        checkpoints.remove()
+        rundir.finish(partial, target)
+    group.wait_for_everyone()
     return target, metrics
 
 
@@ -358,7 +405,12 @@ def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = ())
     device = accelerator_for(config.train.precision).device
 
     def member(spec: MemberSpec, directory: Path) -> Member:
-        model = hook.fmkit_adapt_load(run=run, builder=builder, directory=directory).to(device).eval()
+        try:
+            model = hook.fmkit_adapt_load(run=run, builder=builder, directory=directory).to(device).eval()
+        except FmkitError:
+            raise
+        except Exception as exc:  # a truncated or foreign weights file: name it, in one line
+            raise FmkitError(unreadable_weights(directory, exc)) from None
         trainable, total = count_parameters(model)
         return Member(spec, model, trainable_params=trainable, total_params=total)
 

@@ -1,6 +1,7 @@
 """The run directory: built under a temporary name, each file written atomically, then swapped in.
 
-An interrupted run leaves ``runs/NAME`` untouched (a ``.NAME.partial`` folder at most); an existing
+An interrupted run leaves ``runs/NAME`` untouched: its ``.NAME.partial`` folder is deleted, or kept
+for ``fmkit run --resume runs/NAME`` once it holds a checkpoint (``fmkit.checkpoint``). An existing
 run is replaced only with ``--overwrite``, and only once the new one is complete.
 """
 
@@ -32,9 +33,17 @@ def check_target(runs_dir: Path, name: str, overwrite: bool) -> Path:
     return target
 
 
-def start(target: Path) -> Path:
-    """Create the temporary directory the run writes into."""
-    partial = target.parent / f".{target.name}.partial"
+def partial_path(target: Path) -> Path:
+    """Where the run ``target`` is built (and where an interrupted one waits for ``--resume``)."""
+    return target.parent / f".{target.name}.partial"
+
+
+def start(target: Path, reuse: bool = False) -> Path:
+    """Create the temporary directory the run writes into; ``reuse``: continue in the one an
+    interrupted run left (``fmkit run --resume``)."""
+    partial = partial_path(target)
+    if reuse and partial.is_dir():
+        return partial
     try:
         if partial.exists():
             shutil.rmtree(partial)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from fmkit.checkpoint import MemberCheckpoints, Position, rng_state, set_rng_state
 from fmkit.config import TrainConfig
 from fmkit.data.batching import BucketBatchSampler, Collator, IndexedFeatures
 from fmkit.data.encode import IGNORE
@@ -45,8 +46,25 @@ def accelerator_for(precision: str) -> Any:
     if precision not in _ACCELERATORS:
         from accelerate import Accelerator
 
-        _ACCELERATORS[precision] = Accelerator(mixed_precision=precision)
+        _ACCELERATORS[precision] = Accelerator(mixed_precision=precision, cpu=_launched_without_gpus())
     return _ACCELERATORS[precision]
+
+
+def processes() -> Any:
+    """This process's place among those ``accelerate launch`` started (one, when run plainly)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_launched_without_gpus())
+
+
+def _launched_without_gpus() -> bool:
+    """Several processes on a machine without GPUs: Accelerate trains data-parallel over gloo only when
+    told ``cpu=True``; otherwise each process would train a copy of its own."""
+    import os
+
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 @dataclass
@@ -71,8 +89,11 @@ def train(
     label: str = "",
     weights: Sequence[float] | None = None,
     hardeners: Sequence[Hardener] = (),
+    checkpoints: MemberCheckpoints | None = None,
 ) -> TrainReport:
-    """Train ``model`` in place on ``data``; keep the weights of the epoch with the best dev score."""
+    """Train ``model`` in place on ``data``; keep the weights of the epoch with the best dev score.
+    With ``checkpoints``, continue from the last one and write one at each epoch end (and every
+    ``train.checkpoint_every`` steps)."""
     import torch
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -98,61 +119,94 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     backward_share = 1.0 / max(len(hardeners), 1)
+    unwrapped = accelerator.unwrap_model(model)
+    at, best_state, rng = Position(), None, None
+    restored = checkpoints.load(unwrapped, optimizer, scheduler, accelerator.process_index) if checkpoints else None
+    if restored is not None:
+        at, best_state, rng = restored
+        run.log("resume", member=label.strip(": ") or None, epoch=at.epoch, step=at.step)
+        if at.step == 0:  # else once the interrupted epoch's loader has drawn its seed, as it had then
+            set_rng_state(rng)
+            rng = None
+    start = Position(at.epoch, at.step)
+
+    def checkpoint() -> None:
+        if checkpoints is not None:
+            from accelerate.utils import gather_object
+
+            states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+            checkpoints.save(unwrapped, optimizer, scheduler, at, best_state, states)
 
     def backward(loss: Any) -> None:
         accelerator.backward(loss * backward_share)
 
-    best_score, best_epoch, best_state, best_dev = -math.inf, 0, None, {}
-    stale, seen, started, stepping = 0, 0, time.perf_counter(), 0.0  # stepping: time in training steps only
-    epoch = 0
-    for epoch in range(1, settings.epochs + 1):
+    started = time.perf_counter()  # at.stepping: time in training steps only
+    epoch = at.epoch - 1
+    for epoch in range(at.epoch, settings.epochs + 1):
+        if at.stopped:
+            break
         sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)  # the prepared loader re-seeds the sampler with its own epoch count otherwise
+        skip = start.step if epoch == start.epoch else 0  # batches done before an interruption
         model.train()
-        bar = tqdm(loader, desc=f"{label}epoch {epoch}/{settings.epochs}", leave=False,
+        bar = tqdm(accelerator.skip_first_batches(loader, skip) if skip else loader,
+                   desc=f"{label}epoch {epoch}/{settings.epochs}", leave=False, initial=skip, total=len(loader),
                    disable=True if not (settings.progress and accelerator.is_main_process) else None,  # None: off without a TTY
                    dynamic_ncols=True)
         epoch_start = time.perf_counter()
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(bar, start=skip):
+            if rng is not None:
+                set_rng_state(rng)
+                rng = None
             if hardeners:
                 loss = sum(h.train_step(model, batch, backward) for h in hardeners) * backward_share
             else:
                 loss = task_loss(forward_logits(model, batch), batch)
                 accelerator.backward(loss)
-            accelerator.clip_grad_norm_([p for _, p in named], settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            seen += len(batch["input_ids"])
+            norm = accelerator.clip_grad_norm_([p for _, p in named], settings.max_grad_norm)
             loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                from fmkit.errors import FmkitError
-
-                raise FmkitError(f"{label}loss became {loss_value} at epoch {epoch} step {step + 1}; "
-                                 "lower train.lr or check the data")
-            rate = seen / (stepping + time.perf_counter() - epoch_start)
-            bar.set_postfix(loss=f"{loss_value:.4f}", sent_s=f"{rate:.0f}")
-            run.log("step", member=label.strip(": ") or None, epoch=epoch, step=step + 1, loss=round(loss_value, 5),
-                    lr=scheduler.get_last_lr()[0])
-        stepping += time.perf_counter() - epoch_start
+            finite = _all_finite(accelerator, loss_value, norm)
+            if finite:
+                optimizer.step()
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            at.seen += len(batch["input_ids"])
+            at.epoch, at.step, at.steps_done = epoch, step + 1, at.steps_done + 1
+            if finite:
+                at.loss = loss_value
+                rate = at.seen / (at.stepping + time.perf_counter() - epoch_start)
+                bar.set_postfix(loss=f"{loss_value:.4f}", sent_s=f"{rate:.0f}")
+                run.log("step", member=label.strip(": ") or None, epoch=epoch, step=step + 1,
+                        loss=round(loss_value, 5), lr=scheduler.get_last_lr()[0])
+            else:
+                _non_finite(run, settings, label, at, loss_value, checkpoints)
+            if settings.checkpoint_every and at.steps_done % settings.checkpoint_every == 0 and step + 1 < len(loader):
+                at.stepping += time.perf_counter() - epoch_start
+                epoch_start = time.perf_counter()
+                checkpoint()
+        at.stepping += time.perf_counter() - epoch_start
         model.eval()  # dev scores select the epoch: no dropout while scoring
         dev = evaluate_dev(accelerator.unwrap_model(model))
         score = dev[run.task.primary_metric]
+        loss_value = at.loss
         run.log("epoch", member=label.strip(": ") or None, epoch=epoch,
                 **{k: v for k, v in dev.items() if k != "report"})
         if accelerator.is_main_process:
             from fmkit.console import info
 
             info(f"{label}epoch {epoch}/{settings.epochs}: loss {loss_value:.4f}, dev {run.task.primary_metric} {score:.4f}"
-                 + (" *" if score > best_score else ""))
-        if score > best_score:
-            best_score, best_epoch, best_dev, stale = score, epoch, dev, 0
-            best_state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters()
-                          if p.requires_grad}
+                 + (" *" if score > at.best_score else ""))
+        if score > at.best_score:
+            at.best_score, at.best_epoch, at.best_dev, at.stale = score, epoch, dev, 0
+            best_state = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
         else:
-            stale += 1
-            if settings.patience and stale >= settings.patience:
-                break
-    unwrapped = accelerator.unwrap_model(model)
+            at.stale += 1
+            at.stopped = bool(settings.patience and at.stale >= settings.patience)
+        at.epoch, at.step = epoch + 1, 0
+        checkpoint()
+        if at.stopped:
+            break
+    accelerator.free_memory()  # drop Accelerate's references to this member's optimizer and loader
     if best_state is not None:
         with torch.no_grad():
             for n, p in unwrapped.named_parameters():
@@ -160,4 +214,34 @@ def train(
                     p.copy_(best_state[n])
     seconds = time.perf_counter() - started
     unwrapped.eval()
-    return TrainReport(epoch, best_epoch, best_score, best_dev, seconds, seen / stepping if stepping else 0.0)
+    return TrainReport(epoch, at.best_epoch, at.best_score, at.best_dev, seconds,
+                       at.seen / at.stepping if at.stepping else 0.0)
+
+
+def _all_finite(accelerator: Any, loss: float, grad_norm: Any) -> bool:
+    """Whether this step's loss and gradients are finite, decided alike by every process. Under fp16
+    the grad scaler skips overflowing steps itself: only the loss counts then."""
+    scaled = getattr(accelerator, "scaler", None) is not None
+    finite = math.isfinite(loss) and (grad_norm is None or scaled or math.isfinite(float(grad_norm)))
+    if accelerator.num_processes > 1:  # each process must then skip or stop alike
+        import torch
+
+        bad = accelerator.reduce(torch.tensor([0.0 if finite else 1.0], device=accelerator.device), reduction="sum")
+        finite = float(bad) == 0.0
+    return finite
+
+
+def _non_finite(run: Run, settings: TrainConfig, label: str, at: Position, loss: float,
+                checkpoints: MemberCheckpoints | None) -> None:
+    """A non-finite loss or gradient: the batch was not applied. Skip it when the user asked for that;
+    otherwise stop, naming the step and the last good checkpoint (never saving NaN weights)."""
+    what = f"loss became {loss}" if not math.isfinite(loss) else "gradient became non-finite"
+    if settings.on_nan == "skip":
+        at.skipped += 1
+        run.log("skipped", member=label.strip(": ") or None, epoch=at.epoch, step=at.step, reason=what)
+        return
+    from fmkit.errors import FmkitError
+
+    last = checkpoints.describe() if checkpoints is not None else "none"
+    raise FmkitError(f"{label}{what} at epoch {at.epoch} step {at.step} (last good checkpoint: {last}); "
+                     "lower train.lr, check the data, or set train.on_nan=skip to skip such batches")

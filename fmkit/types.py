@@ -152,3 +152,7 @@ class Run:
     @property
     def log_text(self) -> str:
         return "".join(line + "\n" for line in self._log_lines)
+
+    def restore_log(self, text: str) -> None:
+        """Continue the log of an interrupted run (``fmkit run --resume``) instead of this one's."""
+        self._log_lines = text.splitlines()

@@ -1,0 +1,131 @@
+"""Scale-out with existing engines, on the tiny model: two data-parallel processes under
+``accelerate launch`` (gloo on CPU), and ensemble members as tasks on a local Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import shutil
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+import fmkit
+from fmkit.cli import main
+from fmkit.config import build_config
+from fmkit.errors import FmkitError
+from fmkit.plugins import PluginInfo, discover, select
+from fmkit.types import MemberSpec
+from tests.conftest import FAST_TRAIN
+
+
+def settings(*extra: str) -> list[str]:
+    return [x for s in (*FAST_TRAIN, *extra) for x in ("--set", s)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def steps_per_epoch(run_dir: Path) -> int:
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return sum(1 for e in events if e["event"] == "step" and e["epoch"] == 1)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate command is not on PATH")
+def test_two_processes_train_data_parallel(tiny_model, ner_files, tmp_path):
+    data = ["--train", ner_files["train"], "--dev", ner_files["dev"], "--test", ner_files["test"],
+            "--model", tiny_model, "--runs-dir", tmp_path / "runs", "--seed", "5", *settings()]
+    assert main(["run", "--name", "one", *map(str, data)]) == 0
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    done = subprocess.run([*launch, "-m", "fmkit", "run", "--name", "two", *map(str, data)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["one", "two"], "only the main process writes a run directory"
+    assert done.stdout.count("run saved in") == 1
+    one, two = (json.loads((runs / n / "metrics.json").read_text())["test"]["f1"] for n in ("one", "two"))
+    assert two >= 0.9 and abs(one - two) <= 0.05, (one, two)
+    assert steps_per_epoch(runs / "two") == math.ceil(steps_per_epoch(runs / "one") / 2), "each process took half"
+
+
+class TwoSeeds:
+    """Test-only combine plugin: two independent members through ``fit.map``, probabilities averaged."""
+
+    name, stage = "twoseeds", "combine"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    @fmkit.hookimpl
+    def fmkit_combine(self, run, fit):
+        return Average(fit.map([MemberSpec("first", seed=1), MemberSpec("second", seed=2)]))
+
+
+class Average:
+    def __init__(self, members):
+        from fmkit.evaluate import softmax_predictor
+
+        self.members, self.predictors = members, [softmax_predictor(m.model) for m in members]
+
+    def predict_proba(self, batch):
+        return sum(p(batch) for p in self.predictors) / len(self.predictors)
+
+    def state(self):
+        return {}
+
+
+def ensemble_run(executor: str, model: Path, files: dict, runs: Path) -> Path:
+    from fmkit.pipeline import execute
+
+    available = {**discover(), "twoseeds": PluginInfo("twoseeds", "tests", "tests", "0", cls=TwoSeeds)}
+    flags = {"plugins": "twoseeds", "model": str(model), "data.train": str(files["train"]), "data.dev": str(files["dev"]),
+             "data.test": str(files["test"]), "runs_dir": str(runs), "name": executor, "executor": executor}
+    config = build_config(None, flags, [*FAST_TRAIN, "train.epochs=3", "data.limit=96"], set(available))
+    target, _ = execute(config, select(config, available))
+    return target
+
+
+@pytest.mark.skipif(find_spec("ray") is None, reason="Ray is an optional extra: pip install 'fmkit[ray]'")
+def test_ray_members_match_sequential_ones(tiny_model, ner_files, tmp_path):
+    import ray
+    import torch
+    from safetensors.torch import load_file
+
+    runs = tmp_path / "runs"
+    try:
+        ray_run = ensemble_run("ray", tiny_model, ner_files, runs)
+    finally:
+        ray.shutdown()
+    sequential = ensemble_run("sequential", tiny_model, ner_files, runs)
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in (ray_run, sequential)]
+    for m in metrics:
+        for member in m["members"].values():
+            member.pop("train_seconds")
+    assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["members"] == metrics[1]["members"]
+    for name in ("first", "second"):
+        a, b = (load_file(str(r / "model" / "members" / name / "model.safetensors")) for r in (ray_run, sequential))
+        # a Ray task trains on one thread, this process on two: sums round differently, by ~1e-7
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a), f"member {name} differs"
+    events = [json.loads(line) for line in (ray_run / "log.jsonl").read_text().splitlines()]
+    assert {e["member"] for e in events if e["event"] == "step"} == {"first", "second"}
+
+
+def test_ray_executor_without_ray_says_what_to_install(monkeypatch, capsys):
+    import fmkit.executors
+
+    monkeypatch.setattr(fmkit.executors, "find_spec", lambda name: None)
+    with pytest.raises(FmkitError, match=r"pip install 'fmkit\[ray\]'"):
+        fmkit.executors.check_executor(build_config(None, {"executor": "ray"}, [], set()))
