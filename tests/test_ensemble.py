@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 def bagging_run(runs, tiny_model, ner_files):
     code = run_cli("run", "--task", "ner", "--train", ner_files["train"], "--dev", ner_files["dev"], "--test",
                    ner_files["test"], "--model", tiny_model, "--runs-dir", runs, "--name", "bagging",
-                   "--plugins", "adapter,bagging", *settings("bagging.members=2", "train.epochs=1"))
+                   "--plugins", "adapter,bagging", *settings("bagging.members=2", "bagging.sample=0.5", "train.epochs=1"))
     assert code == 0
     return runs / "bagging"
 
@@ -55,7 +55,7 @@ def layout(run_dir) -> dict:
 def test_bagging_members_train_on_different_recorded_bootstrap_samples(bagging_run):
     members = layout(bagging_run)["members"]
     samples = [m["indices"] for m in members]
-    assert [len(s) for s in samples] == [240] * 2
+    assert [len(s) for s in samples] == [120] * 2, "bagging.sample=0.5 of 240 rows"
     assert all(len(set(s)) < len(s) for s in samples), "drawn with replacement"
     assert samples[0] != samples[1], "each member has its own sample"
     metrics = json.loads((bagging_run / "metrics.json").read_text())

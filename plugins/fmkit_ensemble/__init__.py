@@ -26,8 +26,10 @@ class Bagging(Combine):
     name = "bagging"
 
     class Options(CombineOptions):
-        sample: float = Field(1.0, gt=0, le=1, description="size of each bootstrap sample (drawn with replacement) "
-                                                           "as a share of the training set")
+        sample: float = Field(0.4, gt=0, le=1, description="size of each bootstrap sample (drawn with replacement) "
+                                                           "as a share of the training set (0.4 keeps `fmkit run "
+                                                           "--plugins adapter,pgd,bagging` under 15 minutes on 2 CPU "
+                                                           "cores; 1.0 is Breiman's)")
         vote: Literal["soft", "hard"] = VOTE
 
     def specs(self, run: Run) -> list[MemberSpec]:

@@ -33,6 +33,8 @@ class Combine:
 
     stage = "combine"
     same_start = False  # members start from the same weights (soups), not each from its own seed
+    # Every member costs a training run: 2 epochs each unless train.epochs is set (docs/ensembles.md).
+    train_defaults = {"epochs": 2}
 
     def __init__(self, options: CombineOptions):
         self.options = options
@@ -92,6 +94,10 @@ class Members:
 
     def train(self, specs: Sequence[MemberSpec], note: Callable[[MemberSpec], str] = lambda spec: "") -> list[Member]:
         self.tell(len(specs))
+        if self.run.config.executor == "ray" and self.backbone is None and not self.plugin.same_start:
+            members = self.fit.map(specs)  # separate models from their own seeds: Ray tasks (fmkit.executors)
+            check_labels(members, self.run.task.labels)
+            return members
         return [self.train_one(spec, i, len(specs), note(spec)) for i, spec in enumerate(specs)]
 
     def train_one(self, spec: MemberSpec, i: int, count: int, note: str = "") -> Member:
