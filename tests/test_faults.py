@@ -119,6 +119,33 @@ def test_killed_run_resumes_to_the_same_result(how, reference, tiny_model, ner_f
     assert "resume" in events and events.count("epoch") >= 3, "the log goes on from the interrupted run's"
 
 
+def test_ensemble_resumes_with_its_trained_members_restored(tiny_model, ner_files, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from fmkit.checkpoint import MemberCheckpoints
+
+    runs, bagging = tmp_path / "runs", ("--plugins", "bagging", "--set", "bagging.members=2")
+    assert main([*run_args(ner_files, tiny_model, runs, "whole"), *bagging]) == 0
+    save_done = MemberCheckpoints.save_done
+
+    def interrupted(self, weights, record):  # Ctrl-C right after the first member is recorded
+        save_done(self, weights, record)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MemberCheckpoints, "save_done", interrupted)
+        assert main([*run_args(ner_files, tiny_model, runs, "cut"), *bagging]) == 130
+    assert main(["run", "--resume", str(runs / "cut")]) == 0
+    events = [json.loads(line) for line in (runs / "cut" / "log.jsonl").read_text().splitlines()]
+    assert [(e["name"], e.get("restored", False)) for e in events if e["event"] == "member"] == \
+        [("m1", False), ("m1", True), ("m2", False)], "m1 is restored, not trained again"
+    for name in ("m1", "m2"):
+        a, b = (load_file(str(runs / r / "model" / "members" / name / "model.safetensors")) for r in ("cut", "whole"))
+        assert all(bool((a[k] == b[k]).all()) for k in a), name
+    whole, cut = (json.loads((runs / r / "metrics.json").read_text()) for r in ("whole", "cut"))
+    assert whole["test"] == cut["test"] and whole["dev"] == cut["dev"]
+
+
 def test_nan_loss_stops_naming_the_step_and_checkpoint(stopped, tiny_model, ner_files, tmp_path, capsys):
     from safetensors.torch import load_file
 

@@ -14,14 +14,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, ConfigDict
-
-import fmkit
 from fmkit.cli import main
-from fmkit.config import build_config
-from fmkit.errors import FmkitError
-from fmkit.plugins import PluginInfo, discover, select
-from fmkit.types import MemberSpec
 from tests.conftest import FAST_TRAIN
 
 
@@ -58,44 +51,12 @@ def test_two_processes_train_data_parallel(tiny_model, ner_files, tmp_path):
     assert steps_per_epoch(runs / "two") == math.ceil(steps_per_epoch(runs / "one") / 2), "each process took half"
 
 
-class TwoSeeds:
-    """Test-only combine plugin: two independent members through ``fit.map``, probabilities averaged."""
-
-    name, stage = "twoseeds", "combine"
-
-    class Options(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    def __init__(self, options: Options):
-        self.options = options
-
-    @fmkit.hookimpl
-    def fmkit_combine(self, run, fit):
-        return Average(fit.map([MemberSpec("first", seed=1), MemberSpec("second", seed=2)]))
-
-
-class Average:
-    def __init__(self, members):
-        from fmkit.evaluate import softmax_predictor
-
-        self.members, self.predictors = members, [softmax_predictor(m.model) for m in members]
-
-    def predict_proba(self, batch):
-        return sum(p(batch) for p in self.predictors) / len(self.predictors)
-
-    def state(self):
-        return {}
-
-
-def ensemble_run(executor: str, model: Path, files: dict, runs: Path) -> Path:
-    from fmkit.pipeline import execute
-
-    available = {**discover(), "twoseeds": PluginInfo("twoseeds", "tests", "tests", "0", cls=TwoSeeds)}
-    flags = {"plugins": "twoseeds", "model": str(model), "data.train": str(files["train"]), "data.dev": str(files["dev"]),
-             "data.test": str(files["test"]), "runs_dir": str(runs), "name": executor, "executor": executor}
-    config = build_config(None, flags, [*FAST_TRAIN, "train.epochs=3", "data.limit=96"], set(available))
-    target, _ = execute(config, select(config, available))
-    return target
+def bagging_run(executor: str, model: Path, files: dict, runs: Path) -> Path:
+    args = ["run", "--plugins", "bagging", "--executor", executor, "--model", model, "--train", files["train"],
+            "--dev", files["dev"], "--test", files["test"], "--runs-dir", runs, "--name", executor,
+            *settings("bagging.members=2", "train.epochs=3")]
+    assert main([str(a) for a in args]) == 0
+    return runs / executor
 
 
 @pytest.mark.skipif(find_spec("ray") is None, reason="Ray is an optional extra: pip install 'fmkit[ray]'")
@@ -106,26 +67,28 @@ def test_ray_members_match_sequential_ones(tiny_model, ner_files, tmp_path):
 
     runs = tmp_path / "runs"
     try:
-        ray_run = ensemble_run("ray", tiny_model, ner_files, runs)
+        ray_run = bagging_run("ray", tiny_model, ner_files, runs)
     finally:
         ray.shutdown()
-    sequential = ensemble_run("sequential", tiny_model, ner_files, runs)
+    sequential = bagging_run("sequential", tiny_model, ner_files, runs)
     metrics = [json.loads((r / "metrics.json").read_text()) for r in (ray_run, sequential)]
     for m in metrics:
         for member in m["members"].values():
             member.pop("train_seconds")
     assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["members"] == metrics[1]["members"]
-    for name in ("first", "second"):
+    for name in ("m1", "m2"):
         a, b = (load_file(str(r / "model" / "members" / name / "model.safetensors")) for r in (ray_run, sequential))
         # a Ray task trains on one thread, this process on two: sums round differently, by ~1e-7
         assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a), f"member {name} differs"
     events = [json.loads(line) for line in (ray_run / "log.jsonl").read_text().splitlines()]
-    assert {e["member"] for e in events if e["event"] == "step"} == {"first", "second"}
+    assert {e["member"] for e in events if e["event"] == "step"} == {"m1", "m2"}
+    assert "training 2 members as Ray tasks" in (ray_run / "report.txt").read_text()
 
 
-def test_ray_executor_without_ray_says_what_to_install(monkeypatch, capsys):
+def test_ray_executor_without_ray_says_what_to_install(tiny_model, tmp_path, monkeypatch, capsys):
     import fmkit.executors
 
     monkeypatch.setattr(fmkit.executors, "find_spec", lambda name: None)
-    with pytest.raises(FmkitError, match=r"pip install 'fmkit\[ray\]'"):
-        fmkit.executors.check_executor(build_config(None, {"executor": "ray"}, [], set()))
+    assert main(["run", "--executor", "ray", "--model", str(tiny_model), "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "fmkit: error: --executor ray needs Ray, which is not installed: pip install 'fmkit[ray]'\n"
