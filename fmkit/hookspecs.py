@@ -85,6 +85,8 @@ def fmkit_combine(run: Run, fit: Callable[[MemberSpec], Member]) -> Ensemble:
     ``fit.model(seed)`` returns a fresh adapted model (to share or copy before training, passed back
     as ``spec.model``) and ``fit.probabilities(predict, split, rows)`` gives per-example
     probabilities of any predictor on a split (out-of-fold predictions, boosting errors, soups).
+    ``fit.map(specs)`` trains members that do not depend on each other, as Ray tasks under
+    ``--executor ray`` (one after another otherwise); members given a ``spec.model`` train here.
     """
 
 
