@@ -23,7 +23,10 @@ COMBINATION = os.environ.get("FMKIT_COMBINATION", "")
 EMPTY = {"none", "single"}
 FUSE = {"concat", "gated", "attention"}
 ENSEMBLES = {"bagging", "boosting", "stacking", "soup", "voting"}
-SMALL = {name: [f"{name}.members=2"] for name in ENSEMBLES} | {name: [f"{name}.dim=32"] for name in FUSE}
+# Settings that make each plugin quick and learn on the tiny model (few parameters take larger steps).
+SMALL = ({name: [f"{name}.members=2"] for name in ENSEMBLES} | {name: [f"{name}.dim=32"] for name in FUSE}
+         | {"adapter": ["train.lr=1e-2"], "probe": ["train.lr=5e-2"]}
+         | {name: [f"{name}.epsilon=0.05"] for name in ("fgsm", "pgd", "freelb")})  # tiny embeddings have norm ~0.1
 MIN_SCORE = {"probe": 0.3}  # a frozen random backbone is a weak feature extractor; trained ones reach 0.6+
 
 # plugins (and settings) -> the start of the expected error, for combinations that cannot work.
@@ -41,7 +44,7 @@ def combination() -> list[str]:
 
 def run_args(plugins: list[str], files: dict, model, runs, *settings: str) -> list[str]:
     task = "multimodal" if FUSE & set(plugins) else "ner"
-    sets = [*FAST_TRAIN, "train.epochs=4", *settings, *(s for p in plugins for s in SMALL.get(p, []))]
+    sets = [*FAST_TRAIN, "train.epochs=5", *(s for p in plugins for s in SMALL.get(p, [])), *settings]
     return ["run", "--task", task, "--plugins", ",".join(plugins), "--model", str(model), "--train", str(files["train"]),
             "--dev", str(files["dev"]), "--test", str(files["test"]), "--runs-dir", str(runs), "--name", "cell",
             *(x for s in sets for x in ("--set", s))]
