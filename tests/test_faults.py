@@ -209,8 +209,9 @@ def test_unwritable_checkpoint_keeps_the_previous_one(error, reference, tiny_mod
     line = one_line_error(capsys)
     assert f"cannot write a checkpoint in {runs / '.disk.partial' / 'checkpoints' / 'model'}" in line
     assert os.strerror(error) in line and "step-0000004) is intact" in line
-    assert main(["run", "--resume", str(runs / "disk")]) == 0  # space is back
-    assert_same_outcome(runs / "disk", reference)
+    if error == errno.ENOSPC:  # space is back: the run goes on from the intact checkpoint
+        assert main(["run", "--resume", str(runs / "disk")]) == 0
+        assert_same_outcome(runs / "disk", reference)
 
 
 def test_truncated_or_foreign_checkpoint_is_a_one_line_error(stopped, tmp_path, capsys):
