@@ -41,8 +41,12 @@ def main_benchmark() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--model", help="another foundation (a quick check of this script on a tiny model)")
+    parser.add_argument("--data", type=Path, help="a folder with train/dev/test.conll instead of the default data")
     args = parser.parse_args()
     common = [f"data.limit={args.limit}", f"train.epochs={args.epochs}", "train.progress=false", f"seed={args.seed}"]
+    common += [f"model={args.model}"] if args.model else []
+    common += [f"data.{split}={args.data / split}.conll" for split in ("train", "dev", "test")] if args.data else []
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         single = run(runs, "single", "adapter", common)
@@ -52,8 +56,10 @@ def main_benchmark() -> None:
     kept = (student["test"]["f1"] - single["test"]["f1"]) / gain if gain > 0 else None
     result = {
         "command": f"python contrib/fmkit-distill/benchmark.py --limit {args.limit} --epochs {args.epochs} "
-                   f"--members {args.members} --seed {args.seed}",
-        "data": "WNUT-16 (embedded default), 80/10/10 split, training set limited to --limit sentences",
+                   f"--members {args.members} --seed {args.seed}"
+                   + (f" --model {args.model}" if args.model else "") + (f" --data {args.data}" if args.data else ""),
+        "data": str(args.data) if args.data else "WNUT-16 (embedded default), 80/10/10 split, training set "
+                                                   "limited to --limit sentences",
         "machine": f"{platform.machine()}, CPU, shared with other jobs",
         "runs": {"single": single, "teacher": teacher, "student": student},
         "ensemble_gain_test_f1": round(gain, 4),
