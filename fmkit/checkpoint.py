@@ -3,12 +3,11 @@
 A run is built in ``RUNS_DIR/.NAME.partial/`` (see ``fmkit.rundir``); its checkpoints live there too::
 
     checkpoints/run.json               the run's config: what ``--resume`` rebuilds the run from
-    checkpoints/log.jsonl              the run's log up to the last checkpoint
     checkpoints/MEMBER/latest.json     names the last complete checkpoint of a member in training
     checkpoints/MEMBER/step-N/         weights.safetensors (trainable parameters and buffers),
                                        best.safetensors (the best epoch's), trainer.pt (optimizer,
-                                       scheduler, RNG states) and position.json
-    checkpoints/MEMBER/done/           a trained member: weights.safetensors and member.json
+                                       scheduler, RNG states), position.json, log.jsonl (the run's so far)
+    checkpoints/MEMBER/done/           a trained member: weights.safetensors, member.json, log.jsonl
 
 A checkpoint is written into a new folder first; ``latest.json`` is then replaced atomically to name it,
 and only after that is the previous one deleted, so a crash at any moment leaves a complete checkpoint.
@@ -194,10 +193,10 @@ class MemberCheckpoints:
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
                        target / "trainer.pt")
             (target / "position.json").write_text(json.dumps(asdict(position)), encoding="utf-8")
+            if self.log is not None:
+                (target / LOG_FILE).write_text(self.log(), encoding="utf-8")
             _sync(target)
             rundir.write_json(self.directory / "latest.json", {"path": target.name})
-            if self.log is not None:
-                rundir.write_text(self.directory.parent / LOG_FILE, self.log())
         except OSError as exc:
             shutil.rmtree(target, ignore_errors=True)
             kept = f"the previous checkpoint ({previous}) is intact" if previous else "no earlier checkpoint"
@@ -205,7 +204,8 @@ class MemberCheckpoints:
         if previous is not None and previous != target:
             shutil.rmtree(previous, ignore_errors=True)
 
-    def load(self, model: Any, optimizer: Any, scheduler: Any, process: int) -> tuple[Position, dict | None, dict] | None:
+    def load(self, model: Any, optimizer: Any, scheduler: Any,
+             process: int) -> tuple[Position, dict | None, dict] | None:
         """Restore the last checkpoint into ``model``, ``optimizer`` and ``scheduler``; its position,
         best-epoch weights and the RNG states of process number ``process`` (for ``set_rng_state``),
         or None without one."""
@@ -243,10 +243,10 @@ class MemberCheckpoints:
             building.mkdir(parents=True)
             _write_weights(building / "weights.safetensors", weights)
             (building / "member.json").write_text(json.dumps(record, default=str), encoding="utf-8")
+            if self.log is not None:
+                (building / LOG_FILE).write_text(self.log(), encoding="utf-8")
             _sync(building)
             os.replace(building, self.directory / DONE)
-            if self.log is not None:
-                rundir.write_text(self.directory.parent / LOG_FILE, self.log())
         except OSError as exc:
             shutil.rmtree(building, ignore_errors=True)
             raise FmkitError(f"cannot record the trained member in {self.directory}: {exc.strerror or exc}") from None
@@ -285,8 +285,12 @@ class RunCheckpoints:
             rundir.write_json(self.directory / CONFIG_FILE, config.model_dump(mode="json"))
 
     def log_text(self) -> str:
-        path = self.directory / LOG_FILE
-        return path.read_text(encoding="utf-8") if path.is_file() else ""
+        """The run's log as the newest checkpoint kept it (each one holds the log up to its moment)."""
+        folders = self.directory.iterdir() if self.directory.is_dir() else []
+        members = [self.member(m.name) for m in folders if m.is_dir()]
+        logs = [p / LOG_FILE for m in members for p in (m.latest(), m.directory / DONE) if p is not None]
+        logs = [log for log in logs if log.is_file()]
+        return max(logs, key=lambda log: log.stat().st_mtime_ns).read_text(encoding="utf-8") if logs else ""
 
     def remove(self) -> None:
         if self.writer:

@@ -153,7 +153,8 @@ class Fit:
         member = Member(spec, model, {k: v for k, v in report.best_dev.items() if k != "report"},
                         time.perf_counter() - started, trainable, total)
         record = dict(name=spec.name, best_epoch=report.best_epoch, epochs_run=report.epochs_run,
-                      seconds=round(member.train_seconds, 2), sentences_per_second=round(report.sentences_per_second, 2),
+                      seconds=round(member.train_seconds, 2),
+                      sentences_per_second=round(report.sentences_per_second, 2),
                       trainable_params=trainable, total_params=total, dev=member.dev_metrics)
         run.log("member", **record)
         if saved is not None:
