@@ -94,6 +94,7 @@ def copy_partial(partial: Path, runs: Path, name: str) -> Path:
 def test_killed_run_resumes_to_the_same_result(how, reference, tiny_model, ner_files, tmp_path, capsys):
     runs = tmp_path / "runs"
     kill_after = random.Random().randrange(2, STEPS - 4, 2)  # a random checkpointed step, some time before the end
+    print(f"{how.name} after step {kill_after}")  # shown if the test fails
     pointer = runs / ".killed.partial" / "checkpoints" / "model" / "latest.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen([sys.executable, "-m", "fmkit", *run_args(ner_files, tiny_model, runs, "killed")],
