@@ -22,7 +22,7 @@ class Probe:
     """
 
     name, stage = "probe", "adapt"
-    train_defaults = {"lr": 5e-3}  # a lone head on fixed features takes large steps (tuned on WNUT-16 dev)
+    train_defaults = {"lr": 5e-3}  # a lone linear head on fixed features takes large steps
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
