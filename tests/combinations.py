@@ -25,8 +25,8 @@ FUSE = {"concat", "gated", "attention"}
 ENSEMBLES = {"bagging", "boosting", "stacking", "soup", "voting"}
 # Settings that make each plugin quick and learn on the tiny model (few parameters take larger steps).
 SMALL = ({name: [f"{name}.members=2"] for name in ENSEMBLES} | {name: [f"{name}.dim=32"] for name in FUSE}
-         | {"adapter": ["train.lr=1e-2"], "probe": ["train.lr=5e-2"]}
-         | {name: [f"{name}.epsilon=0.05"] for name in ("fgsm", "pgd", "freelb")})  # tiny embeddings have norm ~0.1
+         | {"adapter": ["train.lr=2e-2"], "probe": ["train.lr=5e-2"]}
+         | {name: [f"{name}.epsilon=0.01"] for name in ("fgsm", "pgd", "freelb")})  # tiny embeddings have norm ~0.1
 MIN_SCORE = {"probe": 0.3}  # a frozen random backbone is a weak feature extractor; trained ones reach 0.6+
 
 # plugins (and settings) -> the start of the expected error, for combinations that cannot work.
