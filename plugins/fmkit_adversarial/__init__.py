@@ -16,7 +16,7 @@ from fmkit.types import Run
 from fmkit_adversarial.common import Recipe
 from fmkit_adversarial.embeddings import EmbeddingAttack
 
-EPSILON = {"l2": 0.5, "linf": 0.025}  # MiniLM-L6's token embeddings: norm ~1.1, coordinates ~0.06
+EPSILON = {"l2": 0.05, "linf": 0.0025}  # MiniLM-L6: token embeddings of norm ~1.1, coordinates ~0.06
 
 
 class AttackOptions(BaseModel):
