@@ -111,8 +111,9 @@ def share_loaded(members: list[Member]) -> list[Member]:
 
 
 def member_probabilities(models: Sequence[nn.Module], batch: dict) -> torch.Tensor:
-    """(members, batch, [tokens,] classes): LoRA members on one backbone in one batched pass
-    (PEFT's ``adapter_names``: the batch repeated once per member), any others one by one."""
+    """(members, batch, [tokens,] classes): LoRA members on one backbone in batched passes (PEFT's
+    ``adapter_names``: rows repeated once per member), any others one by one. A pass holds no more
+    rows than the batch itself, so memory stays that of one model's prediction."""
     holder = getattr(models[0], "holder", None)
     batched = (holder is not None and not holder.training and peft_type(holder) in BATCHED
                and all(getattr(m, "holder", None) is holder for m in models))
@@ -120,10 +121,15 @@ def member_probabilities(models: Sequence[nn.Module], batch: dict) -> torch.Tens
         return torch.stack([softmax_predictor(m)(batch) for m in models])
     inputs = model_inputs(batch)
     rows = len(inputs["input_ids"])
-    inputs = {k: v.repeat(len(models), *[1] * (v.dim() - 1)) for k, v in inputs.items()}
-    names = [m.adapter for m in models for _ in range(rows)]
-    logits = holder(**inputs, adapter_names=names).logits.float()
-    return torch.softmax(logits, dim=-1).view(len(models), rows, *logits.shape[1:])
+    chunk = max(1, rows // len(models))
+    parts = []
+    for start in range(0, rows, chunk):
+        part = {k: v[start:start + chunk] for k, v in inputs.items()}
+        size = len(part["input_ids"])
+        part = {k: v.repeat(len(models), *[1] * (v.dim() - 1)) for k, v in part.items()}
+        logits = holder(**part, adapter_names=[m.adapter for m in models for _ in range(size)]).logits.float()
+        parts.append(torch.softmax(logits, dim=-1).view(len(models), size, *logits.shape[1:]))
+    return torch.cat(parts, dim=1)
 
 
 def plain_model(model: nn.Module) -> nn.Module:
