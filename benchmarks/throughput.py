@@ -5,6 +5,9 @@ epochs, in one run. Prints a table and writes benchmarks/results/throughput.json
 
     python benchmarks/throughput.py [--epochs 2] [--batch-size 16] [--train-limit N]
 
+Machine load changes the absolute numbers; the three ways run back to back in one process, so the
+ratios are what to read.
+
 - fmkit: `fmkit run` (length-bucketed, dynamically padded batches); throughput counts the time
   spent in training steps (its per-epoch dev evaluations are excluded), F1 is fmkit's own test F1.
 - trainer: `transformers.Trainer` + `DataCollatorForTokenClassification` (dynamic padding of
@@ -104,14 +107,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None, help="default: fmkit's train.batch_size")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N sentences of the split")
     parser.add_argument("--only", default="fmkit,trainer,fixed128")
     args = parser.parse_args()
 
     from fmkit.config import RunConfig
 
     with tempfile.TemporaryDirectory() as runs:
-        config = RunConfig(runs_dir=Path(runs), name="bench", train={"epochs": args.epochs, "progress": False,
-                                                                       "warmup_ratio": 0.0})
+        config = RunConfig(runs_dir=Path(runs), name="bench", data={"limit": args.train_limit},
+                           train={"epochs": args.epochs, "progress": False, "warmup_ratio": 0.0})
         if args.batch_size:
             config.train.batch_size = args.batch_size
         task, data = split_data(config)
