@@ -71,7 +71,8 @@ def test_combination_trains_scores_saves_and_reloads(files, tiny_model, tmp_path
         assert metrics["test"][primary] >= min([0.6, *(MIN_SCORE.get(p, 0.6) for p in plugins)]), metrics["test"]
     assert set(plugins) <= set(recorded), recorded
     members = metrics["members"]
-    assert len(members) == (2 if ENSEMBLES & set(plugins) else 1)
+    expected = {2, 1} if "boosting" in plugins else {2} if ENSEMBLES & set(plugins) else {1}
+    assert len(members) in expected, "boosting stops early only when a member makes no weighted error"
     for attack in attacks:
         assert all(attack in m["robust"] for m in members.values()), "every member is scored under the attack"
     capsys.readouterr()
