@@ -97,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fmkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fmkit plugins | head`: the reader left, which is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
