@@ -69,7 +69,7 @@ def run_entry(plugins: str, settings: list[str], runs: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", nargs="+", default=["adapter", *METHODS])
-    parser.add_argument("--train-limit", type=int, default=800, help="data.limit: training tweets (of 1,915)")
+    parser.add_argument("--train-limit", type=int, default=600, help="data.limit: training tweets (of 1,915)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--members", type=int, default=3, help="members of boosting, stacking, voting, soup")
     parser.add_argument("--bagging-members", type=int, default=5)
