@@ -111,7 +111,7 @@ class FGSM(_Harden):
 
 
 class PGD(_Harden):
-    """PGD: several projected ascent steps, then train on the worst point found.
+    """PGD: several projected ascent steps, then train on the point they reach.
 
     Madry et al. 2018: ``steps`` ascents of 2.5*epsilon/steps. The first ascent reuses the clean
     pass's backward; the others compute input gradients only (no parameter gradients)."""
