@@ -98,8 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fmkit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `fmkit plugins | head`: the reader left, which is not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
