@@ -18,7 +18,7 @@ OPTION_METHODS = {
 # scaled down (alpha / r, IA3's unit vectors, prompt embeddings), so it wants a far higher rate than
 # full fine-tuning. The usual ranges of each method's paper, checked to train on the tiny test model;
 # not yet tuned on MiniLM / WNUT-16 dev (benchmarks/adapt.py does that comparison, docs/adapt.md).
-LEARNING_RATES = {"lora": 1e-3, "ia3": 1e-2, "loha": 1e-3, "lokr": 3e-3, "adalora": 1e-3, "prefix": 1e-2,
+LEARNING_RATES = {"lora": 2e-3, "ia3": 1e-2, "loha": 1e-3, "lokr": 3e-3, "adalora": 1e-3, "prefix": 1e-2,
                   "prompt": 3e-2}
 
 
