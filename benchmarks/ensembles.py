@@ -6,7 +6,7 @@ rate for every entry; each entry is one `fmkit run` in a process of its own, so 
 the way `fmkit predict` does it, then test sentences per second of the ensemble's prediction (the
 load itself not timed). Hold the shared lock: the numbers mean little beside another heavy job.
 
-    flock /tmp/fmkit-cpu.lock python benchmarks/ensembles.py [--train-limit N] [--epochs N]
+    python benchmarks/ensembles.py [--train-limit N] [--epochs N]
         [--members N] [--bagging-members N] [--entries adapter bagging ...] [--output PATH]
 
 Prints a table and writes benchmarks/results/ensembles.json (one object per entry: test F1 of the
@@ -69,13 +69,12 @@ def run_entry(plugins: str, settings: list[str], runs: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", nargs="+", default=["adapter", *METHODS])
-    parser.add_argument("--train-limit", type=int, default=600, help="data.limit: training tweets (of 1,915)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-limit", type=int, default=None, help="data.limit: training tweets (default: all 1,915)")
+    parser.add_argument("--epochs", type=int, default=2, help="train.epochs of every member and of the single run "
+                                                              "(2: the combine plugins' default)")
     parser.add_argument("--members", type=int, default=3, help="members of boosting, stacking, voting, soup")
     parser.add_argument("--bagging-members", type=int, default=5)
-    parser.add_argument("--bagging-sample", type=float, default=1.0,
-                        help="bagging.sample: Breiman's full-size bootstraps (the plugin's default, 0.4, is for the "
-                             "15-minute budget of adapter,pgd,bagging)")
+    parser.add_argument("--bagging-sample", type=float, default=1.0, help="bagging.sample (1.0: Breiman's)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--plugins", help=argparse.SUPPRESS)
@@ -83,7 +82,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, settings, args.plugins)))
         return
-    common = [f"data.limit={args.train_limit}", f"train.epochs={args.epochs}", "train.progress=false"]
+    common = [*([f"data.limit={args.train_limit}"] if args.train_limit else []), f"train.epochs={args.epochs}",
+              "train.progress=false"]
     results = []
     with tempfile.TemporaryDirectory() as runs:
         for entry in args.entries:

@@ -19,7 +19,7 @@ from fmkit.data.encode import Feature, encode
 from fmkit.errors import FmkitError
 from fmkit.evaluate import (attack_success_rate, example_probs, gold_labels, labels_from_probs, scores,
                             softmax_predictor)
-from fmkit.model import TextModelBuilder, count_parameters
+from fmkit.model import TextModelBuilder, count_parameters, start_at_label_prior
 from fmkit.plugins import Selection, select
 from fmkit.types import Foundation, Member, MemberSpec, ModelBuilder, Run, Task
 
@@ -119,7 +119,9 @@ class Fit:
         from accelerate.utils import set_seed
 
         set_seed(seed)
-        return self.prepared.selection.manager.hook.fmkit_adapt(run=self.prepared.run, model=self.prepared.builder.build())
+        model = self.prepared.builder.build()
+        start_at_label_prior(model, self.prepared.run.task, self.prepared.run.data.train)
+        return self.prepared.selection.manager.hook.fmkit_adapt(run=self.prepared.run, model=model)
 
     def probabilities(self, predict: Any, split: str, rows: Sequence[int] | None = None) -> list:
         """Per-example probabilities of ``predict`` (batch -> probabilities) on a split of the run's data."""
@@ -261,8 +263,9 @@ def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardene
                 result, own[split] = prepared.evaluate(softmax_predictor(member.model), examples, split)
                 result.pop("report")
                 entry[split] = result
-        if attacks:
-            entry["robust"] = robust_metrics(prepared, member.model, attacks, splits, own)
+        if attacks:  # on the held-out split only: an attack costs ~2 passes per step, and dev picked the epoch
+            scored = {"test": splits["test"]} if "test" in splits else splits
+            entry["robust"] = robust_metrics(prepared, member.model, attacks, scored, own)
         if member_metrics is not None:
             entry.update(member_metrics(member.model, prepared, splits, hardeners))
         members[member.name] = entry

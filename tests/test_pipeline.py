@@ -118,3 +118,21 @@ def test_bad_input_is_one_line_and_exit_2(make_args, message, ner_files, tiny_mo
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_fresh_head_starts_at_the_training_label_prior(tiny_model):
+    """The output bias is log(label frequency), add-one smoothed: the untrained model already
+    predicts the prior, so its first steps need not push every logit toward O."""
+    import torch
+
+    from fmkit.data.readers import Sentence
+    from fmkit.model import TextModelBuilder, start_at_label_prior
+    from fmkit.types import Foundation, Task
+
+    task = Task("ner", ["O", "B-PER", "I-PER"], "IOB2")
+    model = TextModelBuilder(Foundation(str(tiny_model), None), task).build()
+    train = [Sentence(["a", "b", "c", "d"], ["O", "O", "B-PER", "O"], 1), Sentence(["e"], ["O"], 6)]
+    start_at_label_prior(model, task, train)
+    prior = torch.softmax(model.classifier.bias, dim=0).tolist()
+    assert prior == pytest.approx([5 / 8, 2 / 8, 1 / 8]), "counts 4, 1, 0 plus one each"
+    assert model.classifier.weight.abs().max() < 0.2, "the weights keep their small initialisation"

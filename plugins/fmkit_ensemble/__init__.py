@@ -26,10 +26,11 @@ class Bagging(Combine):
     name = "bagging"
 
     class Options(CombineOptions):
-        sample: float = Field(0.4, gt=0, le=1, description="size of each bootstrap sample (drawn with replacement) "
-                                                           "as a share of the training set (0.4 keeps `fmkit run "
+        sample: float = Field(0.3, gt=0, le=1, description="size of each bootstrap sample (drawn with replacement) "
+                                                           "as a share of the training set: 0.3 keeps `fmkit run "
                                                            "--plugins adapter,pgd,bagging` under 15 minutes on 2 CPU "
-                                                           "cores; 1.0 is Breiman's)")
+                                                           "cores; 1.0 (Breiman's) gives stronger members at 3.3x the "
+                                                           "cost (docs/ensembles.md)")
         vote: Literal["soft", "hard"] = VOTE
 
     def specs(self, run: Run) -> list[MemberSpec]:
