@@ -37,9 +37,9 @@ INCOMPATIBLE: dict[tuple[str, ...], str] = {
 }
 
 
-def combination() -> list[str]:
-    assert COMBINATION, "set FMKIT_COMBINATION, e.g. adapter-pgd-bagging (see tox.ini)"
-    return [name for name in COMBINATION.split("-") if name not in EMPTY]
+def plugins_of(cell: str) -> list[str]:
+    assert cell, "set FMKIT_COMBINATION, e.g. adapter-pgd-bagging (see tox.ini)"
+    return [name for name in cell.split("-") if name not in EMPTY]
 
 
 def run_args(plugins: list[str], files: dict, model, runs, *settings: str) -> list[str]:
@@ -50,17 +50,22 @@ def run_args(plugins: list[str], files: dict, model, runs, *settings: str) -> li
             *(x for s in sets for x in ("--set", s))]
 
 
-@pytest.fixture(scope="module")
-def files(ner_files, tmp_path_factory):
-    if not FUSE & set(combination()):
+def cell_files(cell: str, ner_files: dict, directory) -> dict:
+    """The cell's data: the tiny NER files, or the synthetic two-modality task when it fuses."""
+    if not FUSE & set(plugins_of(cell)):
         return ner_files
     from fmkit_fusion.synthetic import write
 
-    return write(tmp_path_factory.mktemp("mm"), {"train": 160, "dev": 40, "test": 40}, seed=0, features=2)
+    return write(directory, {"train": 160, "dev": 40, "test": 40}, seed=0, features=2)
 
 
-def test_combination_trains_scores_saves_and_reloads(files, tiny_model, tmp_path, capsys):
-    plugins = combination()
+def test_combination_trains_scores_saves_and_reloads(ner_files, tiny_model, tmp_path, capsys):
+    check_cell(COMBINATION, cell_files(COMBINATION, ner_files, tmp_path / "data"), tiny_model, tmp_path, capsys)
+
+
+def check_cell(cell: str, files: dict, tiny_model, tmp_path, capsys) -> None:
+    """The cell trains, is scored clean and under its attacks, saves, and reloads to the same score."""
+    plugins = plugins_of(cell)
     assert main(run_args(plugins, files, tiny_model, tmp_path)) == 0
     run = tmp_path / "cell"
     metrics = json.loads((run / "metrics.json").read_text())
