@@ -178,7 +178,8 @@ def test_soup_is_the_average_of_its_adapter_members_weights(runs, tiny_model, cl
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    run_dir = classify_run(runs, classify_files, tiny_model, "soup", "adapter,soup", "soup.members=2")
+    run_dir = classify_run(runs, classify_files, tiny_model, "soup", "adapter,soup", "soup.members=2",
+                           "soup.mode=uniform")
     assert layout(run_dir)["state"]["weights"] == [0.5, 0.5]
     soup = AutoModelForSequenceClassification.from_pretrained(run_dir / "model" / "soup").state_dict()
     merged = []

@@ -96,8 +96,9 @@ class Soup(Combine):
     same_start = True
 
     class Options(VariedOptions):
-        mode: Literal["uniform", "greedy"] = Field("uniform", description="uniform: average every member; greedy: "
-                                                   "add members best dev score first, keep each that does not lower it")
+        mode: Literal["uniform", "greedy"] = Field("greedy", description="greedy (Wortsman et al.'s recommendation): "
+                                                   "add members best dev score first, keep each that does not lower "
+                                                   "it; uniform: average every member")
 
     def check(self, config: Any) -> None:
         super().check(config)
