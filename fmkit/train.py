@@ -110,7 +110,7 @@ def train(
     no_decay = [p for n, p in named if p.ndim < 2]
     decay = [p for n, p in named if p.ndim >= 2]
     # The fused kernel updates every tensor in one pass: on CPU the per-tensor default spends ~7x
-    # longer in each step of a MiniLM (about a third of a training step); the Trainer uses it too.
+    # longer per step on a MiniLM (a quarter of a training step); the Trainer uses it too.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for _, p in named)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
