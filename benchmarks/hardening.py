@@ -165,7 +165,8 @@ def main() -> None:
     common = [*([f"data.limit={args.train_limit}"] if args.train_limit else []),
               f"train.epochs={args.epochs}", f"train.lr={args.lr}",
               "train.progress=false", *([f"model={args.model}"] if args.model else [])]
-    config = RunConfig(data={"limit": args.train_limit} if args.train_limit else {}, **({"model": args.model} if args.model else {}))
+    config = RunConfig(data={"limit": args.train_limit} if args.train_limit else {},
+                       **({"model": args.model} if args.model else {}))
     task, data = load_task_data(config)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

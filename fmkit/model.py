@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from fmkit.errors import FmkitError
@@ -63,6 +63,15 @@ class TextModelBuilder:
             return self._auto_class().from_pretrained(directory, trust_remote_code=self.trust_remote_code)
 
 
+def output_layer(module: Any, num_labels: int) -> Any:
+    """The last linear layer of ``module`` that produces ``num_labels`` scores (the class scores of
+    a task head), or None."""
+    from torch import nn
+
+    return next((m for m in reversed(list(module.modules()))
+                 if isinstance(m, nn.Linear) and m.out_features == num_labels), None)
+
+
 def start_at_label_prior(model: Any, task: Task, examples: Sequence[Any]) -> None:
     """Set the output layer's bias to the log of the training labels' frequencies (add-one
     smoothed); its weights stay as initialised. A fresh head then starts at the loss of guessing the
@@ -71,15 +80,13 @@ def start_at_label_prior(model: Any, task: Task, examples: Sequence[Any]) -> Non
     into predicting O everywhere on short schedules (docs/adapt.md). It is the prior initialisation
     of focal loss (Lin et al. 2017), for the same imbalance."""
     import torch
-    from torch import nn
 
     counts: Counter[str] = Counter()
     for example in examples:
         tags = getattr(example, "tags", None)
         counts.update(tags if tags is not None else [example.label])
-    layer = next((m for m in reversed(list(model.modules()))
-                  if isinstance(m, nn.Linear) and m.out_features == len(task.labels) and m.bias is not None), None)
-    if layer is None:  # a head of another shape: left as its builder made it
+    layer = output_layer(model, len(task.labels))
+    if layer is None or layer.bias is None:  # a head of another shape: left as its builder made it
         return
     frequencies = torch.tensor([counts[label] + 1.0 for label in task.labels])
     with torch.no_grad():

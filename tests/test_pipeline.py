@@ -136,3 +136,22 @@ def test_a_fresh_head_starts_at_the_training_label_prior(tiny_model):
     prior = torch.softmax(model.classifier.bias, dim=0).tolist()
     assert prior == pytest.approx([5 / 8, 2 / 8, 1 / 8]), "counts 4, 1, 0 plus one each"
     assert model.classifier.weight.abs().max() < 0.2, "the weights keep their small initialisation"
+
+
+def test_every_run_starts_its_head_at_the_training_label_prior(tiny_model, ner_files, tmp_path):
+    """The pipeline applies the prior to each fresh model: after one step at a learning rate of
+    1e-9 the saved head still predicts the training tags' frequencies."""
+    from collections import Counter
+
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    code = run_cli("run", "--task", "ner", "--train", ner_files["train"], "--dev", ner_files["dev"],
+                   "--model", tiny_model, "--runs-dir", tmp_path, "--name", "prior",
+                   *settings("train.epochs=1", "train.lr=1e-9"))
+    assert code == 0
+    tags = Counter(line.split()[-1] for line in ner_files["train"].read_text().splitlines() if line.strip())
+    model = AutoModelForTokenClassification.from_pretrained(tmp_path / "prior" / "model")
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    expected = [(tags[label] + 1) / (sum(tags.values()) + len(labels)) for label in labels]
+    assert torch.softmax(model.classifier.bias, dim=0).tolist() == pytest.approx(expected, abs=1e-5)

@@ -77,10 +77,9 @@ class CachedBackbone:
 
 def last_linear(model: Any, head: list[str]) -> Any:
     """The head's final linear layer: the one producing the class scores."""
-    from torch import nn
+    from fmkit.model import output_layer
 
-    layers = [m for name in head for m in getattr(model, name).modules()
-              if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels]
+    layers = [layer for name in head if (layer := output_layer(getattr(model, name), model.config.num_labels))]
     if not layers:
         raise FmkitError(f"probe.head=sklearn: {type(model).__name__} has no linear output layer to fit")
     return layers[-1]
