@@ -250,13 +250,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result["examples"] = len(examples)
     if loaded.attacks:
         from fmkit.evaluate import softmax_predictor
-        from fmkit.pipeline import robust_metrics
+        from fmkit.pipeline import attack_targets, robust_metrics
 
-        members, result["robust"] = loaded.ensemble.members, {}
-        for m in members:  # an ensemble's combination has no gradient to attack: its members are attacked
-            clean = predicted if len(members) == 1 else loaded.prepared.predict(softmax_predictor(m.model), examples, "eval")
-            robust = robust_metrics(loaded.prepared, m.model, loaded.attacks, {"eval": examples}, {"eval": clean})
-            suffix = "" if len(members) == 1 else f" ({m.name})"
+        result["robust"] = {}
+        for member, model in attack_targets(loaded.ensemble).items():  # the combination, or each member
+            clean = predicted if member is None else loaded.prepared.predict(softmax_predictor(model), examples, "eval")
+            robust = robust_metrics(loaded.prepared, model, loaded.attacks, {"eval": examples}, {"eval": clean})
+            suffix = "" if member is None else f" ({member})"
             result["robust"].update({name + suffix: by_split["eval"] for name, by_split in robust.items()})
     if args.json:
         print(json.dumps(result))

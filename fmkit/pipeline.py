@@ -237,7 +237,7 @@ def execute(config: RunConfig, selection: Selection | None = None, resume: bool 
 
 def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardeners: list) -> tuple[dict[str, Any], str]:
     """Clean metrics of every member and of the combination, on dev and (when there is one) test,
-    each member's metrics under the harden plugins' attacks, and the per-label reports as text."""
+    the metrics under the harden plugins' attacks (see ``attack_targets``), and the per-label reports."""
     run = prepared.run
     splits = {"dev": data.dev, **({"test": data.test} if data.test else {})}
     metrics: dict[str, Any] = {"task": run.task.kind, "primary_metric": run.task.primary_metric,
@@ -250,6 +250,9 @@ def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardene
     members: dict[str, Any] = {}
     attacks = {getattr(h, "name", type(h).__name__): h for h in hardeners
                if getattr(h, "attack", None) is not None}  # attack = None: a training loss only (e.g. distill)
+    targets = attack_targets(ensemble) if attacks else {}
+    scored = {"test": splits["test"]} if "test" in splits else splits  # an attack costs ~2 passes per step, and
+    # dev picked the epoch: the held-out split only
     member_metrics = getattr(prepared.builder, "member_metrics", None)  # optional, see ModelBuilder
     for member in ensemble.members:
         entry: dict[str, Any] = {"trainable_params": member.trainable_params, "total_params": member.total_params,
@@ -263,16 +266,29 @@ def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardene
                 result, own[split] = prepared.evaluate(softmax_predictor(member.model), examples, split)
                 result.pop("report")
                 entry[split] = result
-        if attacks:  # on the held-out split only: an attack costs ~2 passes per step, and dev picked the epoch
-            scored = {"test": splits["test"]} if "test" in splits else splits
+        if member.name in targets:
             entry["robust"] = robust_metrics(prepared, member.model, attacks, scored, own)
         if member_metrics is not None:
             entry.update(member_metrics(member.model, prepared, splits, hardeners))
         members[member.name] = entry
     metrics["members"] = members
-    if attacks and len(members) == 1:  # an ensemble's combination has no gradient to attack: per member only
-        metrics["robust"] = next(iter(members.values()))["robust"]
+    if None in targets:
+        metrics["robust"] = robust_metrics(prepared, targets[None], attacks, scored, clean)
+        if len(members) == 1:
+            next(iter(members.values()))["robust"] = metrics["robust"]
     return metrics, "\n".join(reports)
+
+
+def attack_targets(ensemble: Any) -> dict[str | None, Any]:
+    """What robust evaluation attacks: under the key None the one model the run predicts with (its only
+    member, a soup, a soft vote over adapters on one backbone: the ensemble's optional ``attackable``),
+    else, when the combination has no gradient, every member under its name."""
+    members = ensemble.members
+    if len(members) == 1:
+        return {None: members[0].model}
+    attackable = getattr(ensemble, "attackable", None)
+    combined = attackable() if callable(attackable) else None
+    return {None: combined} if combined is not None else {m.name: m.model for m in members}
 
 
 def robust_metrics(prepared: Prepared, model: Any, attacks: dict[str, Any], splits: dict[str, list],

@@ -93,6 +93,34 @@ def test_adapter_members_share_one_backbone_and_predict_in_one_pass(bagging_run,
     assert json.loads(capsys.readouterr().out)["f1"] == pytest.approx(saved)
 
 
+def test_the_soft_vote_is_attacked_as_the_one_model_it_is(bagging_run, ner_files, capsys):
+    import torch
+
+    from fmkit.data import read_examples
+    from fmkit.data.batching import Collator
+    from fmkit.pipeline import load
+    from fmkit.train import task_loss
+    from fmkit_ensemble.base import Vote
+
+    loaded = load(bagging_run, "pgd")
+    vote = loaded.ensemble.attackable()
+    examples = read_examples(loaded.run.config, ner_files["test"])[:4]
+    batch = Collator(loaded.prepared.pad_id)(list(enumerate(loaded.prepared.encode("test", examples))))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(vote(**inputs).logits, -1), loaded.ensemble.predict_proba(batch), atol=1e-5)
+        clean_loss = task_loss(vote(**inputs).logits, batch)
+    attacked_loss = task_loss(loaded.attacks["pgd"].attack(vote, batch), batch)
+    assert attacked_loss > clean_loss * 1.01, "the attack climbs the ensemble's own loss"
+    assert Vote(loaded.ensemble.members, vote="hard").attackable() is None, "an argmax has no gradient"
+
+    capsys.readouterr()
+    assert run_cli("eval", bagging_run, "--data", ner_files["test"], "--attack", "pgd", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["robust"]) == ["pgd"], "the combination is attacked, not its members one by one"
+    assert {"f1", "attack_success_rate"} <= set(result["robust"]["pgd"])
+
+
 def test_stacking_meta_learner_sees_only_out_of_fold_predictions(stacking_run, classify_files, capsys):
     state = layout(stacking_run)
     folds = state["state"]["folds"]

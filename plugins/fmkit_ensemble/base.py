@@ -170,5 +170,12 @@ class Vote:
         weights = torch.tensor(self.weights, device=probs.device).view(-1, *[1] * (probs.dim() - 1))
         return (probs * weights).sum(0)
 
+    def attackable(self) -> Any:
+        """The soft vote as one model for robust evaluation (None for a hard vote: its argmax has no
+        gradient, so its members are attacked one by one)."""
+        from fmkit_ensemble.shared import SoftVoteModel
+
+        return SoftVoteModel.of([m.model for m in self.members], self.weights) if self.vote == "soft" else None
+
     def state(self) -> dict[str, Any]:
         return {"weights": self.weights, "vote": self.vote, **self.extra}

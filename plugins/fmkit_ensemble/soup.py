@@ -65,6 +65,10 @@ class SoupModel:
     def predict_proba(self, batch: dict) -> Any:
         return self._predict(batch)
 
+    def attackable(self) -> Any:
+        """The soup is one model: robust evaluation attacks it, as it is deployed."""
+        return self.model
+
     def state(self) -> dict[str, Any]:
         return {"mode": self.mode, "weights": self.coefficients, "model": SOUP_DIR}
 

@@ -71,6 +71,10 @@ class Stacked(Vote):
         out[:, self.meta.classes_] = self.meta.predict_proba(features(flat))  # classes never seen stay at 0
         return torch.from_numpy(out).view(mean.shape).to(mean.device)
 
+    def attackable(self) -> None:
+        """The scikit-learn meta-learner has no gradient: robust evaluation attacks the members."""
+        return None
+
     def save(self, directory: Path) -> None:
         import skops.io
 
