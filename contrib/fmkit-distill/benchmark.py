@@ -1,10 +1,11 @@
 """Does a distilled adapter keep an ensemble's gain at single-model cost? Three runs on the embedded default
 (MiniLM-L6, WNUT-16), same seed, data and epochs: one LoRA adapter; a bagging ensemble of LoRA adapters
-(the teacher); LoRA adapters distilled from it, one per (alpha, temperature) of the grid given, of which
-the one best on dev is the student reported (test F1 never chooses). Writes benchmarks/results/distill.json.
+(the teacher); LoRA adapters distilled from it, one per (alpha, temperature, out_of_bag) of the grid given,
+of which the one best on dev is the student reported (test F1 never chooses). Writes
+benchmarks/results/distill.json.
 
     pip install ./contrib/fmkit-distill
-    python contrib/fmkit-distill/benchmark.py --limit 600 --epochs 5 [--alphas 0.5 --temperatures 2]
+    python contrib/fmkit-distill/benchmark.py --limit 600 --epochs 5 [--alphas 0.5 --temperatures 2 --out-of-bag false]
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main_benchmark() -> None:
     parser.add_argument("--data", type=Path, help="a folder with train/dev/test.conll instead of the default data")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.5], help="distill.alpha values to try")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[2.0], help="distill.temperature values")
+    parser.add_argument("--out-of-bag", nargs="+", choices=["true", "false"], default=["false"],
+                        help="distill.out_of_bag values")
     args = parser.parse_args()
     common = [f"data.limit={args.limit}", f"train.epochs={args.epochs}", "train.progress=false", f"seed={args.seed}"]
     common += [f"model={args.model}"] if args.model else []
@@ -56,10 +59,10 @@ def main_benchmark() -> None:
         single = run(runs, "single", "adapter", common)
         teacher = run(runs, "teacher", "adapter,bagging", common, f"bagging.members={args.members}",
                       "bagging.sample=1.0")  # Breiman's full-size bootstraps, not the headline's budget
-        students = {f"alpha={a:g},T={t:g}": run(runs, f"student-{a:g}-{t:g}", "distill", common,
-                                                 f"distill.teacher={runs / 'teacher'}", "distill.student=adapter",
-                                                 f"distill.alpha={a}", f"distill.temperature={t}")
-                    for a in args.alphas for t in args.temperatures}
+        students = {f"alpha={a:g},T={t:g},out_of_bag={o}": run(
+            runs, f"student-{a:g}-{t:g}-{o}", "distill", common, f"distill.teacher={runs / 'teacher'}",
+            "distill.student=adapter", f"distill.alpha={a}", f"distill.temperature={t}", f"distill.out_of_bag={o}")
+            for o in args.out_of_bag for a in args.alphas for t in args.temperatures}
     chosen = max(students, key=lambda k: students[k]["dev"]["f1"])
     student = students[chosen]
     gain = teacher["test"]["f1"] - single["test"]["f1"]
@@ -67,7 +70,7 @@ def main_benchmark() -> None:
     result = {
         "command": f"python contrib/fmkit-distill/benchmark.py --limit {args.limit} --epochs {args.epochs} "
                    f"--members {args.members} --seed {args.seed} --alphas {' '.join(map(str, args.alphas))} "
-                   f"--temperatures {' '.join(map(str, args.temperatures))}"
+                   f"--temperatures {' '.join(map(str, args.temperatures))} --out-of-bag {' '.join(args.out_of_bag)}"
                    + (f" --model {args.model}" if args.model else "") + (f" --data {args.data}" if args.data else ""),
         "data": str(args.data) if args.data else "WNUT-16 (embedded default), 80/10/10 split, training set "
                                                    "limited to --limit sentences",
@@ -83,7 +86,7 @@ def main_benchmark() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     for name, r in students.items():
-        print(f"student {name:<16} dev F1 {r['dev']['f1']:.4f}  test F1 {r['test']['f1']:.4f}"
+        print(f"student {name:<32} dev F1 {r['dev']['f1']:.4f}  test F1 {r['test']['f1']:.4f}"
               + ("  <- chosen on dev" if name == chosen else ""))
     for name, r in result["runs"].items():
         print(f"{name:8} test F1 {r['test']['f1']:.4f}  members {r['members']}  train {r['train_seconds']:.0f}s")

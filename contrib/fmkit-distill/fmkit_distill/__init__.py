@@ -42,6 +42,10 @@ class Distill:
         student: str = Field("full", description="the adapt plugin that prepares the student: full, adapter, ...")
         student_options: dict[str, Any] = Field({}, description="options of the student plugin, e.g. {r: 16} "
                                                                 "for adapter")
+        out_of_bag: bool = Field(False, description="an ensemble teacher whose members recorded their training rows "
+                                                    "(bagging, stacking) gives each training example the vote of the "
+                                                    "members that never trained on it, i.e. what it predicts on unseen "
+                                                    "data; false: every member's")
 
     def __init__(self, options: Options):
         from fmkit.plugins import discover, lookup
@@ -86,16 +90,16 @@ class Distill:
 
     @fmkit.hookimpl
     def fmkit_harden(self, run: Run) -> SoftTargets:
-        probs = teacher_probabilities(run, Path(self.options.teacher))
+        probs = teacher_probabilities(run, Path(self.options.teacher), self.options.out_of_bag)
         return SoftTargets(run, self.foundation.tokenizer, probs, self.options.alpha, self.options.temperature)
 
 
-def teacher_probabilities(run: Run, directory: Path) -> list[Any]:
+def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False) -> list[Any]:
     """The teacher's probabilities for each training example of the student's run, in the student's label
     order: (words, classes) per sentence for ner, (classes,) per text for classify."""
     import numpy as np
 
-    from fmkit.evaluate import example_probs
+    from fmkit.evaluate import example_probs, softmax_predictor
     from fmkit.pipeline import load
 
     if not (directory / "config.json").is_file():
@@ -110,14 +114,51 @@ def teacher_probabilities(run: Run, directory: Path) -> list[Any]:
                          f"{', '.join(task.labels)}); train it on the same data and scheme")
     columns = [task.labels.index(label) for label in run.task.labels]
     examples = run.data.train
-    device = next(teacher.ensemble.members[0].model.parameters()).device
-    probs = example_probs(task, teacher.prepared.encode("distill", examples), len(examples),
-                          teacher.ensemble.predict_proba, teacher.run.config.train.eval_batch_size,
-                          teacher.prepared.pad_id, device)
-    run.say(f"distill: teacher {directory} ({len(teacher.ensemble.members)} member(s)) scored "
-            f"{len(examples):,} training examples")
+    members = teacher.ensemble.members
+    device = next(members[0].model.parameters()).device
+    features = teacher.prepared.encode("distill", examples)
+
+    def score(predict: Any) -> list[Any]:
+        return example_probs(task, features, len(examples), predict, teacher.run.config.train.eval_batch_size,
+                             teacher.prepared.pad_id, device)
+
+    if out_of_bag:
+        samples = out_of_bag_members(teacher, examples, directory)
+        weights = list(getattr(teacher.ensemble, "weights", [1.0] * len(members)))
+        per_member = [score(softmax_predictor(m.model)) for m in members]
+        probs = [sum(weights[k] * per_member[k][i] for k in ks) / sum(weights[k] for k in ks)
+                 for i, ks in enumerate(samples)]
+        unseen = sum(len(ks) < len(members) for ks in samples)
+        run.say(f"distill: teacher {directory} ({len(members)} members) scored {len(examples):,} training examples, "
+                f"{unseen:,} of them by the members that never trained on them only")
+    else:
+        probs = score(teacher.ensemble.predict_proba)
+        run.say(f"distill: teacher {directory} ({len(members)} member(s)) scored "
+                f"{len(examples):,} training examples")
     kept = [p[..., columns] for p in probs]  # labels the student never sees are dropped, the rest renormalised
     return [p / np.clip(p.sum(axis=-1, keepdims=True), 1e-12, None) for p in kept]
+
+
+def out_of_bag_members(teacher: Any, examples: list, directory: Path) -> list[list[int]]:
+    """For each of the student's training examples, the teacher members that never trained on it (all of
+    them where every member did). Examples are matched to the teacher's training rows by content."""
+    from fmkit.data import load_task_data
+
+    members = teacher.ensemble.members
+    if len(members) < 2 or any(m.spec.indices is None for m in members):
+        raise FmkitError(f"distill.out_of_bag: the teacher {directory} did not record which rows each member trained "
+                         "on (bagging and stacking do); set distill.out_of_bag=false")
+    if teacher.run.task.kind == "ner":
+        key: Any = lambda e: (tuple(e.words), tuple(e.tags or ()))  # noqa: E731
+    else:
+        key = lambda e: (e.text, e.text_pair, e.label)  # noqa: E731
+    rows: dict[Any, set[int]] = {}
+    for row, example in enumerate(load_task_data(teacher.run.config)[1].train):
+        rows.setdefault(key(example), set()).add(row)
+    samples = [set(m.spec.indices) for m in members]
+    everyone = list(range(len(members)))
+    return [[k for k, sample in enumerate(samples) if not rows.get(key(e), set()) & sample] or everyone
+            for e in examples]
 
 
 class SoftTargets:

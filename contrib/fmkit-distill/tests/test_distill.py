@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
 
 def run(setup, name: str, plugins: str, *settings: str) -> dict:
     data = setup["data"]
-    sets = [x for s in (*FAST_TRAIN, "train.epochs=4", *settings) for x in ("--set", s)]
+    sets = [x for s in (*FAST_TRAIN, *settings) for x in ("--set", s)]  # 8 epochs: a teacher worth learning from
     code = main(["run", "--plugins", plugins, "--model", str(setup["model"]), "--train", str(data["train"]),
                  "--dev", str(data["dev"]), "--test", str(data["test"]), "--runs-dir", str(setup["runs"]),
                  "--name", name, *sets])
@@ -52,12 +52,18 @@ def test_loss_is_alpha_ce_plus_t2_kl():
     assert soft.misses == 1
 
 
+def teacher_run(setup, plugins: str):
+    """The teacher run of ``plugins`` (trained once per module)."""
+    name = f"teacher-{plugins}"
+    if not (setup["runs"] / name).is_dir():
+        run(setup, name, plugins, *(["bagging.members=2"] if plugins == "bagging" else []))
+    return setup["runs"] / name
+
+
 @pytest.mark.parametrize("teacher_plugins", ["full", "bagging"])
 def test_student_learns_from_teacher(setup, teacher_plugins):
-    teacher = f"teacher-{teacher_plugins}"
-    run(setup, teacher, teacher_plugins, *(["bagging.members=2"] if teacher_plugins == "bagging" else []))
-    student = run(setup, f"student-of-{teacher_plugins}", "distill",
-                  f"distill.teacher={setup['runs'] / teacher}", "distill.alpha=0.5")
+    teacher = teacher_run(setup, teacher_plugins)
+    student = run(setup, f"student-of-{teacher_plugins}", "distill", f"distill.teacher={teacher}", "distill.alpha=0.5")
     assert student["test"]["f1"] > 0.7, student["test"]
     assert "robust" not in student  # the soft-target loss is no attack
     config = json.loads((setup["runs"] / f"student-of-{teacher_plugins}" / "config.json").read_text())
@@ -65,6 +71,33 @@ def test_student_learns_from_teacher(setup, teacher_plugins):
     log = (setup["runs"] / f"student-of-{teacher_plugins}" / "report.txt").read_text()
     assert f"({2 if teacher_plugins == 'bagging' else 1} member(s)) scored 120 training examples" in log
     assert main(["eval", str(setup["runs"] / f"student-of-{teacher_plugins}"), "--data", str(setup["data"]["test"])]) == 0
+
+
+def test_out_of_bag_targets_come_from_the_members_that_never_trained_on_the_example(setup, capsys):
+    from fmkit.data import load_task_data
+    from fmkit.pipeline import load
+    from fmkit_distill import out_of_bag_members
+
+    teacher = load(teacher_run(setup, "bagging"))
+    examples = load_task_data(teacher.run.config)[1].train
+    chosen = out_of_bag_members(teacher, examples, setup["runs"] / "teacher-bagging")
+    samples = [set(m.spec.indices) for m in teacher.ensemble.members]
+    for row, members in enumerate(chosen):
+        assert members == [0, 1] or all(row not in samples[k] for k in members), (row, members)
+    assert sum(len(m) == 1 for m in chosen) > 20, "2 bootstraps of 120 rows leave ~40% of rows out of one of them"
+
+    student = run(setup, "student-out-of-bag", "distill", f"distill.teacher={setup['runs'] / 'teacher-bagging'}",
+                  "distill.out_of_bag=true")
+    assert student["test"]["f1"] > 0.7, student["test"]
+    assert "by the members that never trained on them only" in (setup["runs"] / "student-out-of-bag" / "report.txt").read_text()
+    capsys.readouterr()
+
+    data = setup["data"]
+    assert main(["run", "--plugins", "distill", "--model", str(setup["model"]), "--train", str(data["train"]),
+                 "--dev", str(data["dev"]), "--runs-dir", str(setup["runs"]), "--name", "no-bags",
+                 "--set", f"distill.teacher={teacher_run(setup, 'full')}", "--set", "distill.out_of_bag=true",
+                 *[x for s in FAST_TRAIN for x in ("--set", s)]]) == 2
+    assert "distill.out_of_bag: the teacher" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("settings", "message"), [
