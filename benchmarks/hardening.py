@@ -2,8 +2,8 @@
 
     python benchmarks/hardening.py [--ways clean,fgsm,pgd,freelb,fast] [--train-limit N] [--epochs 10]
 
-At the defaults (every training tweet, 10 epochs) the five trainings take about an hour on 2 CPU
-cores; `--ways ""` times the training steps alone (two minutes).
+At the defaults (every training tweet, 10 epochs) the five trainings take about an hour and a half
+on 2 CPU cores (`pgd` alone about 25 minutes); `--ways ""` times the training steps alone (six minutes).
 
 Every way is one `fmkit run` on MiniLM-L6 and the WNUT-16 split (0.8/0.1/0.1, seed 42), trained on the
 first --train-limit training tweets (dev and test whole), with the same epochs and learning rate. Each
