@@ -303,7 +303,11 @@ def robust_metrics(prepared: Prepared, model: Any, attacks: dict[str, Any], spli
         out[name] = {}
         for split, examples in splits.items():
             def attacked(batch: dict, hardener: Any = hardener) -> Any:
-                return torch.softmax(hardener.attack(model, batch).float(), dim=-1)
+                rows = len(batch["input_ids"])
+                size = -(-rows // getattr(model, "attack_slices", 1))  # see SoftVoteModel.attack_slices
+                logits = [hardener.attack(model, {k: v[i:i + size] for k, v in batch.items()})
+                          for i in range(0, rows, size)]
+                return torch.softmax(torch.cat(logits).float(), dim=-1)
 
             result, predicted = prepared.evaluate(attacked, examples, split)
             result.pop("report")

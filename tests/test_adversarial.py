@@ -88,6 +88,46 @@ def test_passes_per_training_step(tiny_model, batch, cls, options, passes, backw
     assert loss.requires_grad is False and loss > 0
 
 
+@pytest.mark.parametrize(("cls", "options"), [(FGSM, {}), (PGD, {}), (FreeLB, {}), (FGSM, {"random_init": True})])
+def test_one_embedding_lookup_per_step_gives_the_gradients_of_one_per_pass(tiny_model, batch, cls, options):
+    """The step's passes share one embedding lookup, whose backward runs once on their summed input
+    gradients; the parameters get the gradients they get when every pass looks the tokens up itself."""
+    model = token_model(tiny_model).train()
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    attack = hardener(cls, **options).text
+
+    def gradients(step) -> dict:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same random start
+        step()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared = gradients(lambda: attack.train_step(model, batch, lambda loss: loss.backward()))
+    per_pass = gradients(lambda: per_pass_step(attack, model, batch))
+    assert shared.keys() == per_pass.keys() and "bert.embeddings.word_embeddings.weight" in shared
+    for name in shared:
+        assert torch.allclose(shared[name], per_pass[name], atol=1e-6), name
+    assert shared["bert.embeddings.word_embeddings.weight"].abs().sum() > 0
+
+
+def per_pass_step(attack, model, batch) -> None:
+    """``train_step`` as it was before the lookup was shared: every pass looks the embeddings up itself."""
+    r, backward = attack.recipe, (lambda loss: loss.backward())
+    clean = 1.0 - r.adv_weight
+    weights = [r.adv_weight / r.steps] * r.steps if r.accumulate else [0.0] * r.steps + [r.adv_weight]
+    with torch.no_grad():
+        like = model.get_input_embeddings()(batch["input_ids"])
+    delta = attack.start(like, batch, random=r.random_init)
+    if clean and r.random_init:
+        attack.walk(model, batch, delta * 0, 0.0, [clean], backward)
+    elif clean:
+        weights[0] += clean
+    attack.walk(model, batch, delta, r.step_size, weights, backward)
+
+
 def test_training_under_an_adapter_changes_only_the_adapter(tiny_model, batch):
     from peft import LoraConfig, get_peft_model
 

@@ -59,13 +59,16 @@ class EmbeddingAttack:
             weights = [r.adv_weight / r.steps] * r.steps
         else:  # FGSM / PGD: `steps` ascents, then only the last point trains them
             weights = [0.0] * r.steps + [r.adv_weight]
+        lookup = Lookup(model, batch, self.recipe.name)
         total = 0.0
-        delta = self.start(batch, model, random=r.random_init)
+        delta = self.start(lookup.like, batch, random=r.random_init)
         if clean and r.random_init:  # the walk does not start at the clean point: one more pass for it
-            total = self.walk(model, batch, delta * 0, 0.0, [clean], backward)[1]
+            total = self.walk(model, batch, delta * 0, 0.0, [clean], backward, lookup)[1]
         elif clean:  # it does: the clean pass's backward also gives the first ascent direction, free
             weights[0] += clean
-        return total + self.walk(model, batch, delta, r.step_size, weights, backward)[1]
+        total = total + self.walk(model, batch, delta, r.step_size, weights, backward, lookup)[1]
+        lookup.backward()
+        return total
 
     def attack(self, model: Any, batch: dict) -> Any:
         """Logits under the evaluation attack: PGD with ``eval_steps`` from the clean point."""
@@ -78,18 +81,21 @@ class EmbeddingAttack:
 
     def perturbation(self, model: Any, batch: dict) -> Any:
         """The evaluation attack's perturbation of ``inputs_embeds``, (N, T, H)."""
+        import torch
+
         r = self.recipe
         with gradients_on(batch) as batch:
-            start = self.start(batch, model, random=False)
-            return self.walk(model, batch, start, r.eval_step_size, [0.0] * r.eval_steps, None)[0]
+            with torch.no_grad():  # the weights are not trained here: one lookup serves every step
+                lookup = Lookup(model, batch, r.name)
+            start = self.start(lookup.like, batch, random=False)
+            return self.walk(model, batch, start, r.eval_step_size, [0.0] * r.eval_steps, None, lookup)[0]
 
-    def start(self, batch: dict, model: Any, random: bool) -> Any:
+    def start(self, like: Any, batch: dict, random: bool) -> Any:
         """Zero, or uniform in the ball (linf: per coordinate; l2: random direction and radius per token)."""
         import torch
 
         r = self.recipe
-        with torch.no_grad():
-            delta = torch.zeros_like(input_embedding(model, r.name)(batch["input_ids"]))
+        delta = torch.zeros_like(like)
         if random and r.norm == "linf":
             delta.uniform_(-r.epsilon, r.epsilon)
         elif random:
@@ -99,7 +105,7 @@ class EmbeddingAttack:
         return delta * perturbable(batch)[..., None]
 
     def walk(self, model: Any, batch: dict, delta: Any, step_size: float, weights: list[float],
-             backward: Callable[[Any], None] | None) -> tuple[Any, Any]:
+             backward: Callable[[Any], None] | None, lookup: Lookup | None = None) -> tuple[Any, Any]:
         """One forward pass per weight, each followed by an ascent step; a pass with a positive weight
         trains the parameters on ``weight * loss`` through the same backward that gives the ascent
         direction, a zero-weight pass computes the input gradient only. Returns the final
@@ -110,11 +116,13 @@ class EmbeddingAttack:
         total: Any = 0.0
         for weight in weights:
             delta = delta.detach().requires_grad_(True)
-            loss = task_loss(self.logits(model, batch, delta), batch)
+            loss = task_loss(self.logits(model, batch, delta, lookup), batch)
             if weight > 0:
                 backward(loss * weight)
                 grad = delta.grad
                 total = total + weight * loss.detach()
+                if lookup is not None:
+                    lookup.collect(grad)
             else:
                 (grad,) = torch.autograd.grad(loss, delta)
             delta = self.ascend(delta.detach(), grad, step_size) * keep
@@ -128,8 +136,39 @@ class EmbeddingAttack:
         delta = delta + step_size * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return delta * (eps / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
 
-    def logits(self, model: Any, batch: dict, delta: Any) -> Any:
+    def logits(self, model: Any, batch: dict, delta: Any, lookup: Lookup | None = None) -> Any:
         inputs = model_inputs(batch)
         ids = inputs.pop("input_ids")
-        embeds = input_embedding(model, self.recipe.name)(ids)
+        embeds = lookup.embeds if lookup is not None and lookup.embeds is not None else \
+            input_embedding(model, self.recipe.name)(ids)
         return model(**inputs, inputs_embeds=embeds + delta.to(embeds.dtype)).logits
+
+
+class Lookup:
+    """The token embeddings of a batch, looked up once for every pass of a step.
+
+    The passes see them detached: a pass's gradient with respect to its input equals the one with
+    respect to its perturbation (``delta.grad``), so the gradients of the passes that train are summed
+    here, and one backward through the lookup at the end of the step gives the embedding matrix its
+    gradient, instead of one dense (vocabulary x hidden) gradient per pass. Under
+    DistributedDataParallel, whose reducer wants every gradient inside the backward of a pass, each
+    pass looks the embeddings up itself (``embeds`` is None)."""
+
+    def __init__(self, model: Any, batch: dict, plugin: str):
+        import torch
+        from torch import nn
+
+        looked_up = input_embedding(model, plugin)(batch["input_ids"])
+        shared = not isinstance(model, nn.parallel.DistributedDataParallel)
+        self.like = looked_up.detach()  # shape, dtype and device of the perturbation
+        self.embeds = self.like if shared else None
+        self.graph = looked_up if shared and looked_up.requires_grad else None
+        self.summed = torch.zeros_like(self.embeds) if self.graph is not None else None
+
+    def collect(self, grad: Any) -> None:
+        if self.summed is not None:
+            self.summed += grad
+
+    def backward(self) -> None:
+        if self.graph is not None:
+            self.graph.backward(self.summed)

@@ -141,6 +141,9 @@ class SoftVoteModel(nn.Module):
         super().__init__()
         self.models = list(models)  # a plain list: the members stay owned by the ensemble, not registered twice
         self.weights = list(weights)
+        # An attack's backward holds every member's activations at once: robust evaluation attacks a batch
+        # in this many slices, so it needs one member's memory (slices are attacked independently anyway).
+        self.attack_slices = len(self.models)
 
     @classmethod
     def of(cls, models: Sequence[nn.Module], weights: Sequence[float]) -> SoftVoteModel | None:
