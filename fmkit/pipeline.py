@@ -304,7 +304,7 @@ def robust_metrics(prepared: Prepared, model: Any, attacks: dict[str, Any], spli
         for split, examples in splits.items():
             def attacked(batch: dict, hardener: Any = hardener) -> Any:
                 rows = len(batch["input_ids"])
-                size = -(-rows // getattr(model, "attack_slices", 1))  # see SoftVoteModel.attack_slices
+                size = -(-rows // getattr(model, "attack_slices", 1))  # see types.Ensemble: attackable()
                 logits = [hardener.attack(model, {k: v[i:i + size] for k, v in batch.items()})
                           for i in range(0, rows, size)]
                 return torch.softmax(torch.cat(logits).float(), dim=-1)

@@ -120,7 +120,9 @@ class Ensemble(Protocol):
     # Optional: ``save(directory)`` writes what JSON cannot hold (a fitted meta-learner, a soup's
     # averaged model) into the run's ``model/`` folder; ``fmkit_combine_load`` gets that folder back.
     # ``attackable()`` returns the combination as one differentiable model (``.logits`` whose softmax
-    # is ``predict_proba``), or None: robust evaluation then attacks the members one by one.
+    # is ``predict_proba``), or None: robust evaluation then attacks the members one by one. When that
+    # model holds several members' activations in one backward, its ``attack_slices = k`` has each
+    # batch attacked in k slices, so the attack needs one member's memory.
 
 
 class Run:

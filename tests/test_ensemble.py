@@ -98,7 +98,7 @@ def test_the_soft_vote_is_attacked_as_the_one_model_it_is(bagging_run, ner_files
 
     from fmkit.data import read_examples
     from fmkit.data.batching import Collator
-    from fmkit.pipeline import load
+    from fmkit.pipeline import load, robust_metrics
     from fmkit.train import task_loss
     from fmkit_ensemble.base import Vote
 
@@ -113,6 +113,12 @@ def test_the_soft_vote_is_attacked_as_the_one_model_it_is(bagging_run, ner_files
     attacked_loss = task_loss(loaded.attacks["pgd"].attack(vote, batch), batch)
     assert attacked_loss > clean_loss * 1.01, "the attack climbs the ensemble's own loss"
     assert Vote(loaded.ensemble.members, vote="hard").attackable() is None, "an argmax has no gradient"
+    clean = {"test": loaded.prepared.predict(loaded.ensemble.predict_proba, examples, "test")}
+    by_slices = []
+    for slices in (1, 2):  # slices bound memory; each row's attack is its own, so results must not change
+        vote.attack_slices = slices
+        by_slices.append(robust_metrics(loaded.prepared, vote, loaded.attacks, {"test": examples}, clean))
+    assert by_slices[0] == by_slices[1]
 
     capsys.readouterr()
     assert run_cli("eval", bagging_run, "--data", ner_files["test"], "--attack", "pgd", "--json") == 0

@@ -122,7 +122,7 @@ class EmbeddingAttack:
                 grad = delta.grad
                 total = total + weight * loss.detach()
                 if lookup is not None:
-                    lookup.collect(grad)
+                    lookup.collect(grad)  # the embedding matrix's share, applied once by lookup.backward()
             else:
                 (grad,) = torch.autograd.grad(loss, delta)
             delta = self.ascend(delta.detach(), grad, step_size) * keep
@@ -139,8 +139,8 @@ class EmbeddingAttack:
     def logits(self, model: Any, batch: dict, delta: Any, lookup: Lookup | None = None) -> Any:
         inputs = model_inputs(batch)
         ids = inputs.pop("input_ids")
-        embeds = lookup.embeds if lookup is not None and lookup.embeds is not None else \
-            input_embedding(model, self.recipe.name)(ids)
+        shared = lookup.embeds if lookup is not None else None
+        embeds = shared if shared is not None else input_embedding(model, self.recipe.name)(ids)
         return model(**inputs, inputs_embeds=embeds + delta.to(embeds.dtype)).logits
 
 
