@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="another foundation (a smoke test on a tiny model)")
     parser.add_argument("--epsilon", type=float, default=None,
                         help="every plugin's epsilon, for training and for the attack (default: theirs)")
+    parser.add_argument("--seed", type=int, default=None, help="another training seed (initialisation, data order); "
+                        "the split stays the default seed's, written to files")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--step-batches", type=int, default=10, help="batches timed per way in the step costs (0: skip)")
     args = parser.parse_args()
@@ -176,6 +178,10 @@ def main() -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         test_file = write_conll(Path(tmp) / "test.conll", data.test)
+        if args.seed is not None:  # the same tweets in each split; only the training seed changes
+            common += [f"seed={args.seed}", f"data.test={test_file}",
+                       *(f"data.{name}={write_conll(Path(tmp) / f'{name}.conll', getattr(data, name))}"
+                         for name in ("train", "dev"))]
         for way in [w for w in args.ways.split(",") if w]:  # --ways "": step costs only
             settings = WAYS[way] + [f"{name}.epsilon={args.epsilon}" for name in WAYS[way] if args.epsilon
                                     and "=" not in name]
