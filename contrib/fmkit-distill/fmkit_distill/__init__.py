@@ -43,7 +43,7 @@ class Distill:
         student_options: dict[str, Any] = Field({}, description="options of the student plugin, e.g. {r: 16} "
                                                                 "for adapter")
         out_of_bag: bool = Field(False, description="an ensemble teacher whose members recorded their training rows "
-                                                    "(bagging, stacking) gives each training example the vote of the "
+                                                    "(bagging, stacking) gives each training example the mean of the "
                                                     "members that never trained on it, i.e. what it predicts on unseen "
                                                     "data; false: every member's")
 
@@ -123,11 +123,9 @@ def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False) -
                              teacher.prepared.pad_id, device)
 
     if out_of_bag:
-        samples = out_of_bag_members(teacher, examples, directory)
-        weights = list(getattr(teacher.ensemble, "weights", [1.0] * len(members)))
+        samples = out_of_bag_members(teacher, examples, directory)  # bagging and stacking: uniform votes
         per_member = [score(softmax_predictor(m.model)) for m in members]
-        probs = [sum(weights[k] * per_member[k][i] for k in ks) / sum(weights[k] for k in ks)
-                 for i, ks in enumerate(samples)]
+        probs = [np.mean([per_member[k][i] for k in ks], axis=0) for i, ks in enumerate(samples)]
         unseen = sum(len(ks) < len(members) for ks in samples)
         run.say(f"distill: teacher {directory} ({len(members)} members) scored {len(examples):,} training examples, "
                 f"{unseen:,} of them by the members that never trained on them only")
