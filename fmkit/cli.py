@@ -244,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.settings and not args.attack:
         raise FmkitError("eval --set sets options of the --attack plugin: add --attack NAME")
     loaded = load(args.run_dir, args.attack, args.settings)
-    examples = read_for_run(loaded.run, args.data, labeled=True)
+    examples = read_for_run(loaded.run, args.data)
     result, predicted = loaded.prepared.evaluate(loaded.ensemble.predict_proba, examples, "eval")
     report = result.pop("report")
     result["examples"] = len(examples)
@@ -269,17 +269,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_for_run(run: Any, path: Path, labeled: bool, fmt: str = "conll") -> list:
-    """Read ``path`` as the saved run's task reads it; NER tags are brought to the run's scheme."""
+def read_for_run(run: Any, path: Path) -> list:
+    """Read the labelled ``path`` as the saved run's task reads it; NER tags are brought to the run's scheme."""
     from fmkit.data import read_examples
-    from fmkit.data.readers import read_text_lines
     from fmkit.data.schemes import detect_scheme, iob1_to_iob2
 
-    if run.task.kind == "ner" and not labeled and fmt == "text":
-        return read_text_lines(path)
-    examples = read_examples(run.config, path, labeled=labeled)
-    if run.task.kind == "ner" and labeled and detect_scheme([e.tags for e in examples]) == "IOB1" \
-            and run.task.scheme == "IOB2":
+    examples = read_examples(run.config, path)
+    if run.task.kind == "ner" and detect_scheme([e.tags for e in examples]) == "IOB1" and run.task.scheme == "IOB2":
         for e in examples:
             e.tags = iob1_to_iob2(e.tags)
     return examples
@@ -287,17 +283,14 @@ def read_for_run(run: Any, path: Path, labeled: bool, fmt: str = "conll") -> lis
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fmkit import rundir
-    from fmkit.data.readers import looks_like_conll
 
     if args.output is not None and args.output.exists():
         raise FmkitError(f"--output {args.output} already exists; choose another path")
+    from fmkit.data import read_unlabeled
     from fmkit.pipeline import load
 
     loaded = load(args.run_dir)
-    fmt = args.format
-    if loaded.run.task.kind == "ner" and fmt == "auto":
-        fmt = "conll" if looks_like_conll(args.file) else "text"
-    examples = read_for_run(loaded.run, args.file, labeled=False, fmt=fmt)
+    examples = read_unlabeled(loaded.run.config, args.file, args.format)
     predicted = loaded.prepared.predict(loaded.ensemble.predict_proba, examples, "predict")
     if loaded.run.task.kind == "ner":
         text = "\n".join("\n".join(f"{w}\t{t}" for w, t in zip(e.words, tags)) + "\n" for e, tags in zip(examples, predicted))

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from fmkit.config import RunConfig
-from fmkit.data import load_task_data, split
+from fmkit.data import load_task_data, read_unlabeled, split
 from fmkit.data.readers import looks_like_conll, read_conll, read_table
 from fmkit.data.schemes import detect_scheme, iob1_to_iob2
 from fmkit.errors import FmkitError
@@ -117,3 +117,14 @@ def test_table_errors(tmp_path, name, text, message):
 def test_plain_text_vs_conll_detection(tmp_path):
     assert looks_like_conll(write(tmp_path, "Bob\tB-PER\nsaw\tO\n\nAnn\tO\n"))
     assert not looks_like_conll(write(tmp_path, "Bob saw Ann in Paris today\nso did I , really\n", "t.txt"))
+
+
+def test_read_unlabeled_tells_conll_from_text_and_reads_the_task_format(tmp_path):
+    ner = RunConfig(task="ner")
+    conll = read_unlabeled(ner, write(tmp_path, "Bob\tB-PER\nsaw\tO\n\nAnn\tI-LOC\n"))
+    assert [(s.words, s.tags) for s in conll] == [(["Bob", "saw"], None), (["Ann"], None)]  # tags ignored
+    text = write(tmp_path, "Bob saw Ann in Paris today\nso did I , really\n", "t.txt")
+    assert [len(s.words) for s in read_unlabeled(ner, text)] == [6, 5]
+    assert [s.words for s in read_unlabeled(ner, text, fmt="conll")] == [["Bob", "so"]]  # first column, one sentence
+    rows = read_unlabeled(RunConfig(task="classify"), write(tmp_path, "good film\nbad one\n", "c.txt"))
+    assert [(e.text, e.label) for e in rows] == [("good film", None), ("bad one", None)]

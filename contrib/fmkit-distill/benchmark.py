@@ -1,11 +1,14 @@
 """Does a distilled adapter keep an ensemble's gain at single-model cost? Three runs on the embedded default
 (MiniLM-L6, WNUT-16), same seed, data and epochs: one LoRA adapter; a bagging ensemble of LoRA adapters
-(the teacher); LoRA adapters distilled from it, one per (alpha, temperature, out_of_bag) of the grid given,
-of which the one best on dev is the student reported (test F1 never chooses). Writes
+(the teacher); LoRA adapters distilled from it, one per (alpha, temperature, out_of_bag, transfer) of the grid
+given, of which the one best on dev is the student reported, overall and per transfer setting (test F1 never
+chooses). With transfer true, a student also learns from a transfer set (distill.transfer): the training
+sentences beyond --limit, words only, which the teacher labels; the labelled runs never see them. Writes
 benchmarks/results/distill.json.
 
     pip install ./contrib/fmkit-distill
-    python contrib/fmkit-distill/benchmark.py --limit 600 --epochs 5 [--alphas 0.5 --temperatures 2 --out-of-bag false]
+    python contrib/fmkit-distill/benchmark.py --limit 600 --epochs 5 [--alphas 0.5 --temperatures 2 \
+        --out-of-bag false --transfer false true]
 """
 
 from __future__ import annotations
@@ -23,18 +26,36 @@ from fmkit.cli import main
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "distill.json"
 
 
+def transfer_set(args: argparse.Namespace, directory: Path) -> tuple[Path, int]:
+    """The training sentences beyond --limit (same data, split and seed as the runs), written words only, one a
+    line, to ``directory``: unlabelled text from the labelled runs' own distribution. Their number too."""
+    from fmkit.config import RunConfig
+    from fmkit.data import load_task_data
+
+    files = {split: args.data / f"{split}.conll" for split in ("train", "dev", "test")} if args.data else {}
+    rest = load_task_data(RunConfig(seed=args.seed, data=files))[1].train[args.limit:]
+    if not rest:
+        raise SystemExit(f"--transfer true: no training sentences beyond --limit {args.limit}")
+    path = directory / "transfer.txt"
+    path.write_text("".join(" ".join(s.words) + "\n" for s in rest), encoding="utf-8")
+    return path, len(rest)
+
+
 def run(runs: Path, name: str, plugins: str, common: list[str], *settings: str) -> dict:
     started = time.perf_counter()
     sets = [x for s in (*common, *settings) for x in ("--set", s)]
     assert main(["run", "--plugins", plugins, "--runs-dir", str(runs), "--name", name, *sets]) == 0
     metrics = json.loads((runs / name / "metrics.json").read_text())
     members = metrics["members"]
+    log = [json.loads(line) for line in (runs / name / "log.jsonl").read_text().splitlines()]
+    transfer = next(({k: e[k] for k in ("added", "skipped")} for e in log if e["event"] == "distill_transfer"), None)
     return {
         "plugins": plugins, "settings": list(settings), "test": metrics["test"], "dev": metrics["dev"],
         "members": len(members), "wall_seconds": round(time.perf_counter() - started, 1),
         "train_seconds": round(sum(m["train_seconds"] for m in members.values()), 1),
         "trainable_params_per_member": next(iter(members.values()))["trainable_params"],
         "member_test_f1": {k: round(m["test"]["f1"], 4) for k, m in members.items()},
+        **({"transfer_examples": transfer} if transfer else {}),
     }
 
 
@@ -50,44 +71,65 @@ def main_benchmark() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[2.0], help="distill.temperature values")
     parser.add_argument("--out-of-bag", nargs="+", choices=["true", "false"], default=["false"],
                         help="distill.out_of_bag values")
+    parser.add_argument("--transfer", nargs="+", choices=["true", "false"], default=["false"],
+                        help="students without (false) and/or with (true) the training sentences beyond --limit as "
+                             "an unlabelled transfer set (distill.transfer)")
     args = parser.parse_args()
     common = [f"data.limit={args.limit}", f"train.epochs={args.epochs}", "train.progress=false", f"seed={args.seed}"]
     common += [f"model={args.model}"] if args.model else []
     common += [f"data.{split}={args.data / split}.conll" for split in ("train", "dev", "test")] if args.data else []
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
+        transfer, transfer_size = transfer_set(args, runs) if "true" in args.transfer else (None, 0)
         single = run(runs, "single", "adapter", common)
         teacher = run(runs, "teacher", "adapter,bagging", common, f"bagging.members={args.members}",
                       "bagging.sample=1.0")  # Breiman's full-size bootstraps, not the headline's budget
-        students = {f"alpha={a:g},T={t:g},out_of_bag={o}": run(
-            runs, f"student-{a:g}-{t:g}-{o}", "distill", common, f"distill.teacher={runs / 'teacher'}",
-            "distill.student=adapter", f"distill.alpha={a}", f"distill.temperature={t}", f"distill.out_of_bag={o}")
-            for o in args.out_of_bag for a in args.alphas for t in args.temperatures}
-    chosen = max(students, key=lambda k: students[k]["dev"]["f1"])
-    student = students[chosen]
+        students = {f"alpha={a:g},T={t:g},out_of_bag={o},transfer={x}": run(
+            runs, f"student-{a:g}-{t:g}-{o}-{x}", "distill", common, f"distill.teacher={runs / 'teacher'}",
+            "distill.student=adapter", f"distill.alpha={a}", f"distill.temperature={t}", f"distill.out_of_bag={o}",
+            *([f"distill.transfer={transfer}"] if x == "true" else []))
+            for x in args.transfer for o in args.out_of_bag for a in args.alphas for t in args.temperatures}
     gain = teacher["test"]["f1"] - single["test"]["f1"]
-    kept = (student["test"]["f1"] - single["test"]["f1"]) / gain if gain > 0 else None
+
+    def best(names: list[str]) -> dict:
+        """The student best on dev among ``names``, and the share of the teacher's test gain it kept."""
+        name = max(names, key=lambda k: students[k]["dev"]["f1"])
+        kept = (students[name]["test"]["f1"] - single["test"]["f1"]) / gain if gain > 0 else None
+        return {"student": name, "dev_f1": round(students[name]["dev"]["f1"], 4),
+                "test_f1": round(students[name]["test"]["f1"], 4),
+                "share_of_gain_kept": None if kept is None else round(kept, 3)}
+
+    overall = best(list(students))
+    chosen, student = overall["student"], students[overall["student"]]
+    by_transfer = {x: best([k for k in students if k.endswith(f",transfer={x}")]) for x in args.transfer}
     result = {
         "command": f"python contrib/fmkit-distill/benchmark.py --limit {args.limit} --epochs {args.epochs} "
                    f"--members {args.members} --seed {args.seed} --alphas {' '.join(map(str, args.alphas))} "
-                   f"--temperatures {' '.join(map(str, args.temperatures))} --out-of-bag {' '.join(args.out_of_bag)}"
+                   f"--temperatures {' '.join(map(str, args.temperatures))} --out-of-bag {' '.join(args.out_of_bag)} "
+                   f"--transfer {' '.join(args.transfer)}"
                    + (f" --model {args.model}" if args.model else "") + (f" --data {args.data}" if args.data else ""),
         "data": str(args.data) if args.data else "WNUT-16 (embedded default), 80/10/10 split, training set "
                                                    "limited to --limit sentences",
+        "transfer_set": None if transfer is None else {  # added: less those the plugin skipped as duplicates
+            "source": "the training sentences beyond --limit, words only", "sentences": transfer_size,
+            **next(r["transfer_examples"] for r in students.values() if "transfer_examples" in r)},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "runs": {"single": single, "teacher": teacher, "student": student},
         "student_chosen_on_dev": chosen,
+        "student_chosen_on_dev_by_transfer": by_transfer,
         "students": {k: {"dev_f1": round(r["dev"]["f1"], 4), "test_f1": round(r["test"]["f1"], 4)}
                      for k, r in students.items()},
         "ensemble_gain_test_f1": round(gain, 4),
-        "share_of_gain_kept": None if kept is None else round(kept, 3),
+        "share_of_gain_kept": overall["share_of_gain_kept"],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     for name, r in students.items():
-        print(f"student {name:<32} dev F1 {r['dev']['f1']:.4f}  test F1 {r['test']['f1']:.4f}"
-              + ("  <- chosen on dev" if name == chosen else ""))
+        marks = ["chosen on dev"] if name == chosen else []
+        marks += [f"chosen on dev among transfer={x}" for x, c in by_transfer.items() if c["student"] == name]
+        print(f"student {name:<47} dev F1 {r['dev']['f1']:.4f}  test F1 {r['test']['f1']:.4f}"
+              + ("  <- " + ", ".join(marks) if marks else ""))
     for name, r in result["runs"].items():
         print(f"{name:8} test F1 {r['test']['f1']:.4f}  members {r['members']}  train {r['train_seconds']:.0f}s")
 

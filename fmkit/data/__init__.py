@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Union
 
 from fmkit.config import RunConfig
-from fmkit.data.readers import Sentence, TextExample, read_conll, read_table
+from fmkit.data.readers import Sentence, TextExample, looks_like_conll, read_conll, read_table, read_text_lines
 from fmkit.data.schemes import detect_scheme, iob1_to_iob2, label_set, split_tag
 from fmkit.errors import FmkitError
 from fmkit.types import Task
@@ -55,6 +55,19 @@ def read_examples(config: RunConfig, path: Path, labeled: bool = True) -> list[E
     from fmkit.data.multimodal import read_multimodal
 
     return read_multimodal(path, config.data, labeled=labeled)
+
+
+def read_unlabeled(config: RunConfig, path: Path, fmt: str = "auto") -> list[Example]:
+    """Inputs to predict, without labels: for ner a CoNLL file (any tag column ignored) or plain text, one
+    sentence a line, words split on whitespace (``fmt`` "conll" or "text"; "auto" tells them apart by their
+    shape, so a user need not say which); the task's table, JSONL or, for classify, a .txt of one text a line
+    otherwise (``fmt`` applies to ner only)."""
+    if config.task == "ner":
+        if fmt == "auto":
+            fmt = "conll" if looks_like_conll(path) else "text"
+        if fmt == "text":
+            return read_text_lines(path)
+    return read_examples(config, path, labeled=False)
 
 
 def split(examples: list[Example], fractions: tuple[float, ...], seed: int) -> list[list[Example]]:

@@ -5,7 +5,10 @@ run, a single model or an ensemble, with the loss
 
 where ``_T`` is a distribution softened by the temperature T (Hinton et al. 2015; the DistilBERT recipe).
 On ``ner`` the soft targets are per token: the teacher's probabilities for each word, placed on the
-student's first sub-token of that word, so teacher and student may use different tokenizers.
+student's first sub-token of that word, so teacher and student may use different tokenizers. A transfer set
+(``distill.transfer``, Hinton's term: extra inputs, unlabelled) joins the training examples with the teacher's
+predictions as labels, so the student learns the teacher beyond the teacher's own training rows, where its soft
+targets carry little more than the gold labels.
 
 It uses fmkit's public API only. The adapt stage decides what trains but not the loss, so besides its own
 hook the plugin implements two others: a pretrain continuation that notes the student's tokenizer as the
@@ -15,14 +18,14 @@ foundation passes, and a harden hook whose loss-only Hardener (``attack = None``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import fmkit
 from fmkit.config import describe_validation_error
 from fmkit.errors import FmkitError
-from fmkit.types import Foundation, ModelBuilder, Run
+from fmkit.types import Foundation, ModelBuilder, Run, Task
 
 
 class Distill:
@@ -46,6 +49,11 @@ class Distill:
                                                     "(bagging, stacking) gives each training example the mean of the "
                                                     "members that never trained on it, i.e. what it predicts on unseen "
                                                     "data; false: every member's")
+        transfer: Path | None = Field(None, description="a transfer set (Hinton et al.): a file of extra, unlabelled "
+                                                        "inputs that the teacher labels and the student trains on too. "
+                                                        "ner: CoNLL (any tag column ignored) or plain text, one "
+                                                        "sentence a line; classify: read like the run's data, without "
+                                                        "labels. Inputs identical to a training example are skipped")
 
     def __init__(self, options: Options):
         from fmkit.plugins import discover, lookup
@@ -90,13 +98,60 @@ class Distill:
 
     @fmkit.hookimpl
     def fmkit_harden(self, run: Run) -> SoftTargets:
-        probs = teacher_probabilities(run, Path(self.options.teacher), self.options.out_of_bag)
+        """Runs before the core encodes the training split, so the transfer examples appended here are trained on
+        like the labelled ones (and count in the head's label prior)."""
+        transfer = [] if self.options.transfer is None else transfer_set(run, self.options.transfer)
+        probs = teacher_probabilities(run, Path(self.options.teacher), self.options.out_of_bag, transfer)
+        run.data.train.extend(labelled_by_teacher(run.task, transfer, probs[len(run.data.train):]))
         return SoftTargets(run, self.foundation.tokenizer, probs, self.options.alpha, self.options.temperature)
 
 
-def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False) -> list[Any]:
-    """The teacher's probabilities for each training example of the student's run, in the student's label
-    order: (words, classes) per sentence for ner, (classes,) per text for classify."""
+def model_input(example: Any) -> tuple:
+    """What a model reads of an example: its words (ner), or its text and text pair (classify)."""
+    words = getattr(example, "words", None)
+    return tuple(words) if words is not None else (example.text, example.text_pair)
+
+
+def transfer_set(run: Run, path: Path) -> list:
+    """The unlabelled examples of ``path``, less those whose input the student already trains on (a training
+    example, or an earlier one of the file): a repeat would count twice in the loss. A file that cannot be
+    read is a one-line error naming the option; the readers' own messages give the file and line."""
+    from fmkit.data import read_unlabeled
+
+    try:
+        examples = read_unlabeled(run.config, path)
+    except FmkitError as exc:
+        raise FmkitError(f"distill.transfer: {exc}") from None
+    seen = {model_input(e) for e in run.data.train}
+    kept = []
+    for example in examples:
+        if model_input(example) not in seen:
+            seen.add(model_input(example))
+            kept.append(example)
+    skipped = len(examples) - len(kept)
+    run.say(f"distill: transfer set {path}: {len(kept):,} examples join the {len(run.data.train):,} training "
+            f"examples, labelled by the teacher; {skipped:,} skipped (the same input as a training example or an "
+            "earlier one of the file)")
+    run.log("distill_transfer", file=str(path), added=len(kept), skipped=skipped)
+    return kept
+
+
+def labelled_by_teacher(task: Task, examples: Sequence[Any], probs: list[Any]) -> list:
+    """``examples`` with the teacher's decoded predictions as their labels, so the cross-entropy term trains on
+    its hard labels there; on ner decoded as the core decodes predictions, so the tags form valid spans."""
+    from dataclasses import replace
+
+    from fmkit.evaluate import labels_from_probs
+
+    field = "tags" if task.kind == "ner" else "label"
+    return [replace(e, **{field: labels}) for e, labels in zip(examples, labels_from_probs(task, probs))]
+
+
+def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False,
+                          transfer: Sequence[Any] = ()) -> list[Any]:
+    """The teacher's probabilities for each training example of the student's run, then for each ``transfer``
+    example (scored by the whole teacher: no member trained on them), in the student's label order: (words,
+    classes) per sentence for ner, (classes,) per text for classify."""
     import numpy as np
 
     from fmkit.evaluate import example_probs, softmax_predictor
@@ -116,23 +171,25 @@ def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False) -
     examples = run.data.train
     members = teacher.ensemble.members
     device = next(members[0].model.parameters()).device
-    features = teacher.prepared.encode("distill", examples)
 
-    def score(predict: Any) -> list[Any]:
-        return example_probs(task, features, len(examples), predict, teacher.run.config.train.eval_batch_size,
-                             teacher.prepared.pad_id, device)
+    def score(predict: Any, split: str, rows: Sequence[Any]) -> list[Any]:
+        return example_probs(task, teacher.prepared.encode(split, rows), len(rows), predict,
+                             teacher.run.config.train.eval_batch_size, teacher.prepared.pad_id, device)
 
+    how = ""
     if out_of_bag:
         samples = out_of_bag_members(teacher, examples, directory)  # bagging and stacking: uniform votes
-        per_member = [score(softmax_predictor(m.model)) for m in members]
+        per_member = [score(softmax_predictor(m.model), "distill", examples) for m in members]
         probs = [np.mean([per_member[k][i] for k in ks], axis=0) for i, ks in enumerate(samples)]
         unseen = sum(len(ks) < len(members) for ks in samples)
-        run.say(f"distill: teacher {directory} ({len(members)} members) scored {len(examples):,} training examples, "
-                f"{unseen:,} of them by the members that never trained on them only")
+        how = f", {unseen:,} of them by the members that never trained on them only"
     else:
-        probs = score(teacher.ensemble.predict_proba)
-        run.say(f"distill: teacher {directory} ({len(members)} member(s)) scored "
-                f"{len(examples):,} training examples")
+        probs = score(teacher.ensemble.predict_proba, "distill", examples)
+    if transfer:
+        probs += score(teacher.ensemble.predict_proba, "transfer", transfer)
+        how += f", and {len(transfer):,} transfer examples"
+    run.say(f"distill: teacher {directory} ({len(members)} member(s)) scored {len(examples):,} training examples"
+            + how)
     kept = [p[..., columns] for p in probs]  # labels the student never sees are dropped, the rest renormalised
     return [p / np.clip(p.sum(axis=-1, keepdims=True), 1e-12, None) for p in kept]
 
@@ -146,10 +203,10 @@ def out_of_bag_members(teacher: Any, examples: list, directory: Path) -> list[li
     if len(members) < 2 or any(m.spec.indices is None for m in members):
         raise FmkitError(f"distill.out_of_bag: the teacher {directory} did not record which rows each member trained "
                          "on (bagging and stacking do); set distill.out_of_bag=false")
-    if teacher.run.task.kind == "ner":
-        key: Any = lambda e: (tuple(e.words), tuple(e.tags or ()))  # noqa: E731
-    else:
-        key = lambda e: (e.text, e.text_pair, e.label)  # noqa: E731
+
+    def key(e: Any) -> tuple:
+        return model_input(e), (tuple(e.tags or ()) if teacher.run.task.kind == "ner" else e.label)
+
     rows: dict[Any, set[int]] = {}
     for row, example in enumerate(load_task_data(teacher.run.config)[1].train):
         rows.setdefault(key(example), set()).add(row)

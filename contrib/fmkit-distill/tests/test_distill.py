@@ -100,6 +100,102 @@ def test_out_of_bag_targets_come_from_the_members_that_never_trained_on_the_exam
     assert "distill.out_of_bag: the teacher" in capsys.readouterr().err
 
 
+def transfer_sentences(setup, n: int) -> list[list[tuple[str, str]]]:
+    """``n`` synthetic sentences, none with the words of a training sentence nor of another one."""
+    from fmkit.testing import synthetic_sentences
+
+    seen = {tuple(line.split()) for line in training_lines(setup)}
+    fresh = []
+    for sentence in synthetic_sentences(4 * n, seed=7):
+        words = tuple(w for w, _ in sentence)
+        if words not in seen and len(fresh) < n:
+            seen.add(words)
+            fresh.append(sentence)
+    return fresh
+
+
+def training_lines(setup) -> list[str]:
+    """The training sentences as text lines, words only."""
+    from fmkit.data.readers import read_conll
+
+    return [" ".join(s.words) for s in read_conll(setup["data"]["train"])]
+
+
+def test_transfer_examples_join_the_training_rows_with_the_teachers_labels(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    from fmkit.config import RunConfig
+    from fmkit.data import load_task_data
+    from fmkit.data.encode import encode
+    from fmkit.pipeline import load
+    from fmkit.testing import write_conll
+    from fmkit.types import Foundation, Run
+    from fmkit_distill import Distill
+
+    fresh = transfer_sentences(setup, 30)
+    again = [[(w, "O") for w in line.split()] for line in training_lines(setup)[:10]] + fresh[:1]  # to be skipped
+    # CoNLL whose tag column is all wrong: the teacher's tags must replace it
+    transfer = write_conll(tmp_path / "transfer.conll", [[(w, "B-PER") for w, _ in s]
+                                                         for s in [*fresh[:15], *again, *fresh[15:]]])
+    data = setup["data"]
+    config = RunConfig(model=str(setup["model"]), data={"train": data["train"], "dev": data["dev"]})
+    task, split = load_task_data(config)
+    run = Run(config, task, split, None)
+    teacher = teacher_run(setup, "bagging")
+    plugin = Distill(Distill.Options(teacher=teacher, transfer=transfer))
+    plugin.foundation = Foundation(str(setup["model"]), AutoTokenizer.from_pretrained(setup["model"]))
+
+    soft = plugin.fmkit_harden(run)
+
+    added = run.data.train[120:]
+    assert [e.words for e in added] == [[w for w, _ in s] for s in fresh]
+    loaded = load(teacher)
+    assert [e.tags for e in added] == loaded.prepared.predict(loaded.ensemble.predict_proba, added, "check")
+    assert sum(tag != "O" for e in added for tag in e.tags) > 10, "the teacher tags names and places"
+    assert "30 examples join the 120 training examples" in run.notes[0] and "11 skipped" in run.notes[0]
+    assert '"added": 30, "skipped": 11' in run.log_text
+    assert "and 30 transfer examples" in run.notes[1]
+    import torch
+
+    for f in encode(run.task, added, plugin.foundation.tokenizer, config.train.max_length):
+        batch = {"input_ids": torch.tensor([f.input_ids]), "attention_mask": torch.ones(1, len(f.input_ids), dtype=torch.long)}
+        targets, mask = soft.targets(batch, len(task.labels))
+        assert mask.sum() == len(f.word_positions)
+    assert soft.misses == 0
+
+
+def test_a_student_trains_on_a_transfer_set(setup, tmp_path):
+    transfer = tmp_path / "transfer.txt"  # plain text, one sentence a line
+    transfer.write_text("".join(" ".join(w for w, _ in s) + "\n" for s in transfer_sentences(setup, 120)))
+    teacher = teacher_run(setup, "full")
+    student = run(setup, "student-transfer", "distill", f"distill.teacher={teacher}", f"distill.transfer={transfer}")
+    assert student["test"]["f1"] > 0.7, student["test"]
+    report = (setup["runs"] / "student-transfer" / "report.txt").read_text()
+    assert "120 examples join the 120 training examples" in report
+    assert "scored 120 training examples, and 120 transfer examples" in report
+    log = (setup["runs"] / "student-transfer" / "log.jsonl").read_text()
+    assert '"event": "distill_transfer"' in log and '"added": 120' in log
+    assert main(["eval", str(setup["runs"] / "student-transfer"), "--data", str(setup["data"]["test"])]) == 0
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "file does not exist"),
+    ("", "file is empty"),
+    (b"caf\xe9\n", ":1: not UTF-8"),
+])
+def test_an_unreadable_transfer_set_is_a_one_line_error(setup, tmp_path, capsys, content, message):
+    transfer = tmp_path / "transfer.txt"
+    if content is not None:
+        transfer.write_bytes(content.encode() if isinstance(content, str) else content)
+    data = setup["data"]
+    sets = [x for s in (f"distill.teacher={teacher_run(setup, 'full')}", f"distill.transfer={transfer}")
+            for x in ("--set", s)]
+    assert main(["run", "--plugins", "distill", "--model", str(setup["model"]), "--train", str(data["train"]),
+                 "--runs-dir", str(setup["runs"]), *sets]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fmkit: error: ")]
+    assert len(errors) == 1 and f"distill.transfer: {transfer}" in errors[0] and message in errors[0], errors
+
+
 @pytest.mark.parametrize(("settings", "message"), [
     ([], "distill.teacher: name the teacher's run directory"),
     (["distill.teacher=/nonexistent"], "distill.teacher: /nonexistent is not a run directory"),
