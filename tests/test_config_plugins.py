@@ -175,3 +175,16 @@ def test_importing_fmkit_and_listing_plugins_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
     assert "pretrain" in out and "hf" in out and "full" in out
+
+
+def test_plugins_bring_training_defaults_the_user_did_not_set():
+    from fmkit.pipeline import apply_train_defaults
+
+    def effective(*settings: str):
+        config = build_config({}, {"plugins": ["adapter", "bagging"]}, list(settings), set(discover()))
+        return apply_train_defaults(config, select(config)).train
+
+    train = effective()
+    assert (train.lr, train.epochs, train.batch_size) == (2e-3, 2, 8)  # adapter's LoRA rate; short members
+    train = effective("train.batch_size=32", "train.lr=1e-3")
+    assert (train.lr, train.epochs, train.batch_size) == (1e-3, 2, 32)  # what the user set wins

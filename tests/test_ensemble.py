@@ -225,6 +225,38 @@ def test_soup_is_the_average_of_its_adapter_members_weights(runs, tiny_model, cl
         assert torch.allclose(value, (merged[0][key] + merged[1][key]) / 2, atol=1e-6), key
 
 
+def test_soup_members_fork_from_a_trunk_trained_once(runs, tiny_model, classify_files):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    # members that barely move after the fork are the trunk: trained (LoRA moved the encoder), and alike
+    run_dir = classify_run(runs, classify_files, tiny_model, "soup-trunk", "adapter,soup", "soup.members=2",
+                           "soup.mode=uniform", "train.epochs=4", "soup.options={lr: [1.0e-9, 1.0e-9]}")
+    trunk = layout(run_dir)["state"]["trunk"]
+    assert trunk["epochs"] == 2 and trunk["train_seconds"] > 0, "soup.shared=0.5 of 4 epochs"
+    trained = {e["name"]: e["epochs_run"] for e in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+               if e["event"] == "member"}
+    assert trained == {"trunk": 2, "m1": 2, "m2": 2}
+    pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).state_dict()
+    merged = []
+    for name in ("m1", "m2"):
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+        merged.append(PeftModel.from_pretrained(base, run_dir / "model" / "members" / name).merge_and_unload().state_dict())
+    for key, value in merged[0].items():
+        assert torch.allclose(value, merged[1][key], atol=1e-5), key
+    moved = max((merged[0][k] - v).abs().max().item() for k, v in pretrained.items() if "encoder" in k)
+    assert moved > 1e-3, "the members start from the trained trunk, not from the untrained common start"
+
+
+def test_soup_trunk_needs_epochs_left_for_the_members(runs, tiny_model, classify_files, capsys):
+    code = run_cli("run", "--task", "classify", "--train", classify_files["train"], "--model", tiny_model,
+                   "--runs-dir", runs, "--name", "soup-no-epochs", "--plugins", "soup",
+                   *settings("soup.members=2", "soup.options={epochs: [2, 1]}", "soup.shared=0.5"))
+    assert code == 2
+    assert "soup.shared: member m2 trains 1 epoch(s), not more than the 1 its trunk runs" in capsys.readouterr().err
+
+
 def test_greedy_soup_keeps_only_members_that_do_not_lower_the_score():
     from fmkit_ensemble.soup import greedy
 

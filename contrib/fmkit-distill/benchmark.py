@@ -63,6 +63,8 @@ def main_benchmark() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=600, help="training sentences (data.limit); dev/test stay whole")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16, help="train.batch_size of every run (the teacher's "
+                                                                   "members too, whose combine default is 8)")
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", help="another foundation (a quick check of this script on a tiny model)")
@@ -75,7 +77,8 @@ def main_benchmark() -> None:
                         help="students without (false) and/or with (true) the training sentences beyond --limit as "
                              "an unlabelled transfer set (distill.transfer)")
     args = parser.parse_args()
-    common = [f"data.limit={args.limit}", f"train.epochs={args.epochs}", "train.progress=false", f"seed={args.seed}"]
+    common = [f"data.limit={args.limit}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
+              "train.progress=false", f"seed={args.seed}"]
     common += [f"model={args.model}"] if args.model else []
     common += [f"data.{split}={args.data / split}.conll" for split in ("train", "dev", "test")] if args.data else []
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,6 +107,7 @@ def main_benchmark() -> None:
     by_transfer = {x: best([k for k in students if k.endswith(f",transfer={x}")]) for x in args.transfer}
     result = {
         "command": f"python contrib/fmkit-distill/benchmark.py --limit {args.limit} --epochs {args.epochs} "
+                   f"--batch-size {args.batch_size} "
                    f"--members {args.members} --seed {args.seed} --alphas {' '.join(map(str, args.alphas))} "
                    f"--temperatures {' '.join(map(str, args.temperatures))} --out-of-bag {' '.join(args.out_of_bag)} "
                    f"--transfer {' '.join(args.transfer)}"

@@ -99,6 +99,9 @@ class Soup(Combine):
         mode: Literal["uniform", "greedy"] = Field("greedy", description="greedy (Wortsman et al.'s recommendation): "
                                                    "add members best dev score first, keep each that does not lower "
                                                    "it; uniform: average every member")
+        shared: float = Field(0.5, ge=0, lt=1, description="share of train.epochs (rounded down to whole epochs) "
+                              "the members train as one trunk before they fork, so that they stay in one basin "
+                              "and average well (docs/ensembles.md); 0: each trains from the common start alone")
 
     def check(self, config: Any) -> None:
         super().check(config)
@@ -115,4 +118,4 @@ class Soup(Combine):
     def restore(self, run: Run, members: list[Member], state: dict[str, Any], directory: Path) -> Any:
         from fmkit_ensemble.soup import SoupModel
 
-        return SoupModel(members, state["weights"], state["mode"])
+        return SoupModel(members, state["weights"], state["mode"], state.get("trunk"))

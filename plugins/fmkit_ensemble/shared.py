@@ -69,7 +69,8 @@ class AdapterMember(nn.Module):
 
 
 class Backbone:
-    """The ``PeftModel`` the members share; its untrained ``default`` adapter is the common start."""
+    """The ``PeftModel`` the members share. ``template`` is the adapter a common start copies: the
+    untrained ``default`` one, or a trained trunk the members fork from (soups)."""
 
     def __init__(self, holder: Any):
         self.holder = holder

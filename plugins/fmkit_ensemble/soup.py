@@ -1,6 +1,16 @@
 """Model soups (Wortsman et al. 2022): members fine-tuned from the same start, then their weights
 averaged into one model, uniformly or greedily (members by dev score, best first, each kept only if
-the soup's dev score does not drop). Adapter members are averaged as the weights they compute with
+the soup's dev score does not drop).
+
+Averaging helps only members that lie in one basin of the loss, where the straight line between them
+stays low. Fine-tuned from one initialisation for a short schedule they need not (measured: a uniform
+soup of three 2-epoch LoRA members 2.1 F1 below its mean member), so by default they first train
+together: a trunk runs the first ``soup.shared`` of the epochs, then each member forks from it with its
+own seed (data order, dropout) and continues at the learning rate the whole schedule would have reached.
+Frankle et al. (2020) found that children forked after a little shared training end up linearly
+connected. The trunk's cost is one member's share of the shared epochs, not one per member.
+
+Adapter members are averaged as the weights they compute with
 (adapter merged into the backbone, their own task heads included), which PEFT's
 ``add_weighted_adapter`` cannot do: it refuses task heads (``modules_to_save``). The soup is a plain
 transformers model: one model's inference cost, saved in ``model/soup``."""
@@ -10,8 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from fmkit.errors import FmkitError
 from fmkit.evaluate import gold_labels, labels_from_probs, scores, softmax_predictor
-from fmkit.types import Member, Run
+from fmkit.types import Member, MemberSpec, Run
 from fmkit_ensemble.base import Combine, Fit, Members
 
 SOUP_DIR = "soup"
@@ -55,10 +66,12 @@ def greedy(order: Sequence[int], score: Callable[[list[int]], float]) -> list[in
 class SoupModel:
     """The members (saved, scored) and the one averaged model that predicts."""
 
-    def __init__(self, members: list[Member], coefficients: Sequence[float], mode: str):
+    def __init__(self, members: list[Member], coefficients: Sequence[float], mode: str,
+                 trunk: dict[str, Any] | None = None):
         self.members = members
         self.coefficients = list(coefficients)
         self.mode = mode
+        self.trunk = trunk  # the shared first epochs the members forked from: epochs, train_seconds, dev
         self.model = make_soup([m.model for m in members], self.coefficients)
         self._predict = softmax_predictor(self.model)
 
@@ -70,7 +83,7 @@ class SoupModel:
         return self.model
 
     def state(self) -> dict[str, Any]:
-        return {"mode": self.mode, "weights": self.coefficients, "model": SOUP_DIR}
+        return {"mode": self.mode, "weights": self.coefficients, "model": SOUP_DIR, "trunk": self.trunk}
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(Path(directory) / SOUP_DIR)
@@ -80,10 +93,35 @@ def uniform(chosen: Sequence[int], count: int) -> list[float]:
     return [1.0 / len(chosen) if i in chosen else 0.0 for i in range(count)]
 
 
+def grow_trunk(run: Run, team: Members, specs: Sequence[MemberSpec], share: float) -> dict[str, Any] | None:
+    """Train the members' first ``share`` of epochs once, as one trunk they all fork from; each member's
+    spec then runs the rest of its epochs, from the learning rate its linear schedule would have reached
+    there, without a second warm-up. None when the share rounds down to no whole epoch."""
+    train = run.config.train
+    shared = int(train.epochs * share)
+    if shared == 0:
+        return None
+    for spec in specs:
+        epochs = spec.options.get("epochs", train.epochs)
+        if epochs <= shared:
+            raise FmkitError(f"soup.shared: member {spec.name} trains {epochs} epoch(s), not more than the {shared} "
+                             "its trunk runs; lower soup.shared or raise the epochs")
+        decayed = (epochs - shared) / epochs / (1 - spec.options.get("warmup_ratio", train.warmup_ratio))
+        spec.options = {**spec.options, "epochs": epochs - shared, "warmup_ratio": 0.0,
+                        "lr": spec.options.get("lr", train.lr) * decayed}
+    run.say(f"soup: trunk, the first {shared} of {train.epochs} epochs, trained once for every member (seed {run.seed})")
+    spec = MemberSpec("trunk", run.seed, options={"epochs": shared})
+    trunk = team.fit_one(spec, team.model_for(spec, 0, len(specs) + 1))
+    team.fork_from(trunk)
+    return {"epochs": shared, "train_seconds": round(trunk.train_seconds, 1), "dev": trunk.dev_metrics}
+
+
 def cook(run: Run, fit: Fit, plugin: Combine) -> SoupModel:
-    members = Members(run, fit, plugin).train(plugin.specs(run))
+    team, specs = Members(run, fit, plugin), plugin.specs(run)
+    trunk = grow_trunk(run, team, specs, plugin.options.shared)
+    members = team.train(specs)
     if plugin.options.mode == "uniform":
-        return SoupModel(members, uniform(range(len(members)), len(members)), "uniform")
+        return SoupModel(members, uniform(range(len(members)), len(members)), "uniform", trunk)
     metric = run.task.primary_metric
     gold = gold_labels(run.task, run.data.dev)
 
@@ -96,4 +134,4 @@ def cook(run: Run, fit: Fit, plugin: Combine) -> SoupModel:
 
     order = sorted(range(len(members)), key=lambda i: -members[i].dev_metrics.get(metric, 0.0))
     chosen = greedy(order, dev_score)
-    return SoupModel(members, uniform(chosen, len(members)), "greedy")
+    return SoupModel(members, uniform(chosen, len(members)), "greedy", trunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,7 +79,9 @@ class Adapter:
             model.add_adapter(adapter_name, config)
             model.set_adapter(adapter_name)
         else:
-            model = peft.get_peft_model(model, config, adapter_name=adapter_name)
+            with warnings.catch_warnings():  # PEFT asks transformers' deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                model = peft.get_peft_model(model, config, adapter_name=adapter_name)
             drop_virtual_logits(model)
         if method == "adalora":
             RankAllocation(model)
