@@ -149,7 +149,7 @@ class Fit:
             lambda m: prepared.evaluate(softmax_predictor(m), run.data.dev, "dev")[0],
             settings=settings, seed=spec.seed, pad_id=prepared.pad_id,
             label=f"{spec.name}: " if spec.name != "model" else "",
-            weights=weights or None, hardeners=self.hardeners, checkpoints=saved,
+            weights=weights or None, hardeners=self.hardeners, checkpoints=saved, stop_after=spec.stop_after,
         )
         trainable, total = count_parameters(model)
         member = Member(spec, model, {k: v for k, v in report.best_dev.items() if k != "report"},

@@ -90,10 +90,12 @@ def train(
     weights: Sequence[float] | None = None,
     hardeners: Sequence[Hardener] = (),
     checkpoints: MemberCheckpoints | None = None,
+    stop_after: int | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``data``; keep the weights of the epoch with the best dev score.
     With ``checkpoints``, continue from the last one and write one at each epoch end (and every
-    ``train.checkpoint_every`` steps)."""
+    ``train.checkpoint_every`` steps). ``stop_after``: run only that many epochs of the schedule of
+    ``settings.epochs`` (its warm-up and part of its decay), e.g. a trunk that members continue."""
     import torch
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -145,7 +147,7 @@ def train(
 
     started = time.perf_counter()  # at.stepping: time in training steps only
     epoch = at.epoch - 1
-    for epoch in range(at.epoch, settings.epochs + 1):
+    for epoch in range(at.epoch, (stop_after or settings.epochs) + 1):
         if at.stopped:
             break
         sampler.set_epoch(epoch)

@@ -85,6 +85,7 @@ class MemberSpec:
     indices: Sequence[int] | None = None  # rows of run.data.train; None = all of them
     weights: Sequence[float] | None = None  # one loss weight per row in ``indices`` (or per train row)
     options: dict[str, Any] = field(default_factory=dict)  # overrides of train.* for this member
+    stop_after: int | None = None  # train only this many epochs of the member's schedule (e.g. a soup's trunk)
     model: Any = None  # a prepared model to train instead of a fresh ``fit.model(seed)`` (e.g. one more
     # adapter on a backbone that earlier members share, or a copy of a common start for a soup)
 

@@ -5,8 +5,8 @@ the soup's dev score does not drop).
 Averaging helps only members that lie in one basin of the loss, where the straight line between them
 stays low. Fine-tuned from one initialisation for a short schedule they need not (measured: a uniform
 soup of three 2-epoch LoRA members 2.1 F1 below its mean member), so by default they first train
-together: a trunk runs the first ``soup.shared`` of the epochs, then each member forks from it with its
-own seed (data order, dropout) and continues at the learning rate the whole schedule would have reached.
+together: a trunk runs the first ``soup.shared`` of the run's schedule, then each member forks from it
+with its own seed (data order, dropout) and runs the rest of that schedule.
 Frankle et al. (2020) found that children forked after a little shared training end up linearly
 connected. The trunk's cost is one member's share of the shared epochs, not one per member.
 
@@ -94,9 +94,10 @@ def uniform(chosen: Sequence[int], count: int) -> list[float]:
 
 
 def grow_trunk(run: Run, team: Members, specs: Sequence[MemberSpec], share: float) -> dict[str, Any] | None:
-    """Train the members' first ``share`` of epochs once, as one trunk they all fork from; each member's
-    spec then runs the rest of its epochs, from the learning rate its linear schedule would have reached
-    there, without a second warm-up. None when the share rounds down to no whole epoch."""
+    """Train the first ``share`` of the run's schedule once, as one trunk the members all fork from; each
+    member's spec then runs the rest of its epochs, from the learning rate its linear schedule would have
+    reached there, without a second warm-up: together, the schedule of one run. None when the share
+    rounds down to no whole epoch."""
     train = run.config.train
     shared = int(train.epochs * share)
     if shared == 0:
@@ -110,7 +111,7 @@ def grow_trunk(run: Run, team: Members, specs: Sequence[MemberSpec], share: floa
         spec.options = {**spec.options, "epochs": epochs - shared, "warmup_ratio": 0.0,
                         "lr": spec.options.get("lr", train.lr) * decayed}
     run.say(f"soup: trunk, the first {shared} of {train.epochs} epochs, trained once for every member (seed {run.seed})")
-    spec = MemberSpec("trunk", run.seed, options={"epochs": shared})
+    spec = MemberSpec("trunk", run.seed, stop_after=shared)
     trunk = team.fit_one(spec, team.model_for(spec, 0, len(specs) + 1))
     team.fork_from(trunk)
     return {"epochs": shared, "train_seconds": round(trunk.train_seconds, 1), "dev": trunk.dev_metrics}
