@@ -8,7 +8,7 @@ benchmarks/results/distill.json.
 
     pip install ./contrib/fmkit-distill
     python contrib/fmkit-distill/benchmark.py --limit 600 --epochs 5 [--alphas 0.5 --temperatures 2 \
-        --out-of-bag false --transfer false true]
+        --out-of-bag false --transfer false true --single-teacher]
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ def main_benchmark() -> None:
     parser.add_argument("--transfer", nargs="+", choices=["true", "false"], default=["false"],
                         help="students without (false) and/or with (true) the training sentences beyond --limit as "
                              "an unlabelled transfer set (distill.transfer)")
+    parser.add_argument("--single-teacher", action="store_true",
+                        help="the control: students of the single adapter too (first alpha and temperature, each "
+                             "transfer setting), telling what the ensemble teaches from what the transfer set does")
     args = parser.parse_args()
     common = [f"data.limit={args.limit}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
               "train.progress=false", f"seed={args.seed}"]
@@ -92,6 +95,11 @@ def main_benchmark() -> None:
             "distill.student=adapter", f"distill.alpha={a}", f"distill.temperature={t}", f"distill.out_of_bag={o}",
             *([f"distill.transfer={transfer}"] if x == "true" else []))
             for x in args.transfer for o in args.out_of_bag for a in args.alphas for t in args.temperatures}
+        controls = {f"teacher=single,transfer={x}": run(
+            runs, f"control-{x}", "distill", common, f"distill.teacher={runs / 'single'}", "distill.student=adapter",
+            f"distill.alpha={args.alphas[0]}", f"distill.temperature={args.temperatures[0]}",
+            *([f"distill.transfer={transfer}"] if x == "true" else []))
+            for x in args.transfer} if args.single_teacher else {}
     gain = teacher["test"]["f1"] - single["test"]["f1"]
 
     def best(names: list[str]) -> dict:
@@ -110,7 +118,7 @@ def main_benchmark() -> None:
                    f"--batch-size {args.batch_size} "
                    f"--members {args.members} --seed {args.seed} --alphas {' '.join(map(str, args.alphas))} "
                    f"--temperatures {' '.join(map(str, args.temperatures))} --out-of-bag {' '.join(args.out_of_bag)} "
-                   f"--transfer {' '.join(args.transfer)}"
+                   f"--transfer {' '.join(args.transfer)}" + (" --single-teacher" if args.single_teacher else "")
                    + (f" --model {args.model}" if args.model else "") + (f" --data {args.data}" if args.data else ""),
         "data": str(args.data) if args.data else "WNUT-16 (embedded default), 80/10/10 split, training set "
                                                    "limited to --limit sentences",
@@ -123,6 +131,8 @@ def main_benchmark() -> None:
         "student_chosen_on_dev_by_transfer": by_transfer,
         "students": {k: {"dev_f1": round(r["dev"]["f1"], 4), "test_f1": round(r["test"]["f1"], 4)}
                      for k, r in students.items()},
+        "students_of_the_single_adapter": {k: {"dev_f1": round(r["dev"]["f1"], 4), "test_f1": round(r["test"]["f1"], 4)}
+                                           for k, r in controls.items()},
         "ensemble_gain_test_f1": round(gain, 4),
         "share_of_gain_kept": overall["share_of_gain_kept"],
     }
@@ -134,6 +144,8 @@ def main_benchmark() -> None:
         marks += [f"chosen on dev among transfer={x}" for x, c in by_transfer.items() if c["student"] == name]
         print(f"student {name:<47} dev F1 {r['dev']['f1']:.4f}  test F1 {r['test']['f1']:.4f}"
               + ("  <- " + ", ".join(marks) if marks else ""))
+    for name, r in controls.items():
+        print(f"control {name:<47} dev F1 {r['dev']['f1']:.4f}  test F1 {r['test']['f1']:.4f}")
     for name, r in result["runs"].items():
         print(f"{name:8} test F1 {r['test']['f1']:.4f}  members {r['members']}  train {r['train_seconds']:.0f}s")
 
