@@ -90,16 +90,19 @@ def main_benchmark() -> None:
         single = run(runs, "single", "adapter", common)
         teacher = run(runs, "teacher", "adapter,bagging", common, f"bagging.members={args.members}",
                       "bagging.sample=1.0")  # Breiman's full-size bootstraps, not the headline's budget
-        students = {f"alpha={a:g},T={t:g},out_of_bag={o},transfer={x}": run(
-            runs, f"student-{a:g}-{t:g}-{o}-{x}", "distill", common, f"distill.teacher={runs / 'teacher'}",
-            "distill.student=adapter", f"distill.alpha={a}", f"distill.temperature={t}", f"distill.out_of_bag={o}",
-            *([f"distill.transfer={transfer}"] if x == "true" else []))
-            for x in args.transfer for o in args.out_of_bag for a in args.alphas for t in args.temperatures}
-        controls = {f"teacher=single,transfer={x}": run(
-            runs, f"control-{x}", "distill", common, f"distill.teacher={runs / 'single'}", "distill.student=adapter",
-            f"distill.alpha={args.alphas[0]}", f"distill.temperature={args.temperatures[0]}",
-            *([f"distill.transfer={transfer}"] if x == "true" else []))
-            for x in args.transfer} if args.single_teacher else {}
+
+        def distil(name: str, teacher_run: str, alpha: float, temperature: float, out_of_bag: str, with_transfer: str) -> dict:
+            """A LoRA student of ``teacher_run`` (teacher or single), with the transfer set when asked."""
+            return run(runs, name, "distill", common, f"distill.teacher={runs / teacher_run}", "distill.student=adapter",
+                       f"distill.alpha={alpha}", f"distill.temperature={temperature}", f"distill.out_of_bag={out_of_bag}",
+                       *([f"distill.transfer={transfer}"] if with_transfer == "true" else []))
+
+        students = {f"alpha={a:g},T={t:g},out_of_bag={o},transfer={x}": distil(f"student-{a:g}-{t:g}-{o}-{x}", "teacher",
+                                                                               a, t, o, x)
+                    for x in args.transfer for o in args.out_of_bag for a in args.alphas for t in args.temperatures}
+        controls = {f"teacher=single,transfer={x}": distil(f"control-{x}", "single", args.alphas[0], args.temperatures[0],
+                                                           "false", x)
+                    for x in args.transfer} if args.single_teacher else {}
     gain = teacher["test"]["f1"] - single["test"]["f1"]
 
     def best(names: list[str]) -> dict:
