@@ -351,7 +351,8 @@ def save_models(ensemble: Any, model_dir: Path) -> None:
         ensemble.save(model_dir)
     rundir.write_json(model_dir / ENSEMBLE_FILE, {
         "members": [{"name": m.name, "seed": m.spec.seed,
-                     "indices": list(m.spec.indices) if m.spec.indices is not None else None}
+                     "indices": list(m.spec.indices) if m.spec.indices is not None else None,
+                     "weights": [round(w, 6) for w in m.spec.weights] if m.spec.weights is not None else None}
                     for m in ensemble.members],
         "state": ensemble.state(),
     })
@@ -441,7 +442,8 @@ def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = ())
     ensemble_file = model_dir / ENSEMBLE_FILE
     if ensemble_file.is_file():
         layout = json.loads(ensemble_file.read_text(encoding="utf-8"))
-        members = [member(MemberSpec(m["name"], m["seed"], m.get("indices")), model_dir / "members" / m["name"])
+        members = [member(MemberSpec(m["name"], m["seed"], m.get("indices"), m.get("weights")),
+                          model_dir / "members" / m["name"])
                    for m in layout["members"]]
         ensemble = hook.fmkit_combine_load(run=run, members=members, state=layout["state"], directory=model_dir)
         if ensemble is None:

@@ -201,10 +201,16 @@ def test_samme_arithmetic_matches_scikit_learn_adaboost():
 
 
 def test_boosting_run_records_weights_from_the_weighted_errors(runs, tiny_model, classify_files):
-    state = layout(classify_run(runs, classify_files, tiny_model, "boosting", "boosting", "boosting.members=2"))["state"]
+    saved = layout(classify_run(runs, classify_files, tiny_model, "boosting", "boosting", "boosting.members=2"))
+    state = saved["state"]
     for alpha, error in zip(state["member_weights"], state["weighted_errors"]):
         assert alpha == pytest.approx(np.log((1 - error) / error) + np.log(2 - 1) if error else 1.0)
     assert state["weights"] == pytest.approx([a / sum(state["member_weights"]) for a in state["member_weights"]])
+    # each member's row weights are recorded: uniform for the first, then up by exp(alpha) on its errors
+    first, second = (np.array(m["weights"]) for m in saved["members"])
+    assert first == pytest.approx(1.0) and second.mean() == pytest.approx(1.0, abs=1e-4)
+    assert sorted(set(second.round(4))) == pytest.approx([second.min(), second.min() * np.exp(state["member_weights"][0])],
+                                                         rel=1e-3), "two weights: rows the first member got right and wrong"
 
 
 def test_soup_is_the_average_of_its_adapter_members_weights(runs, tiny_model, classify_files):
