@@ -66,7 +66,7 @@ def run_entry(plugins: str, settings: list[str], runs: Path) -> dict:
         "member_test_f1": member_f1, "mean_member_test_f1": sum(member_f1.values()) / len(member_f1),
         "train_seconds": round(sum(m["train_seconds"] for m in members.values()) + trunk.get("train_seconds", 0), 1),
         **({"trunk_epochs": trunk["epochs"]} if trunk else {}),  # soup: the shared epochs, trained once
-        **({"combiner_weights": state["weights"]} if "weights" in state else {}),  # a greedy soup's 0s: left out
+        **({"combiner_weights": state["weights"]} if "weights" in state else {}),  # e.g. a greedy soup: 0 for a member left out
         "run_seconds": metrics["seconds"], "wall_seconds": round(time.perf_counter() - started, 1), **measured,
         "data": metrics["data"],
     }
