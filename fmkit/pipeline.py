@@ -150,6 +150,7 @@ class Fit:
             settings=settings, seed=spec.seed, pad_id=prepared.pad_id,
             label=f"{spec.name}: " if spec.name != "model" else "",
             weights=weights or None, hardeners=self.hardeners, checkpoints=saved, stop_after=spec.stop_after,
+            start_after=spec.start_after,
         )
         trainable, total = count_parameters(model)
         member = Member(spec, model, {k: v for k, v in report.best_dev.items() if k != "report"},

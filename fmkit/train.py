@@ -91,11 +91,13 @@ def train(
     hardeners: Sequence[Hardener] = (),
     checkpoints: MemberCheckpoints | None = None,
     stop_after: int | None = None,
+    start_after: int = 0,
 ) -> TrainReport:
     """Train ``model`` in place on ``data``; keep the weights of the epoch with the best dev score.
     With ``checkpoints``, continue from the last one and write one at each epoch end (and every
     ``train.checkpoint_every`` steps). ``stop_after``: run only that many epochs of the schedule of
-    ``settings.epochs`` (its warm-up and part of its decay), e.g. a trunk that members continue."""
+    ``settings.epochs`` (its warm-up and part of its decay), e.g. a trunk that members continue;
+    ``start_after``: skip that many, for a model that was trained through them (such a member)."""
     import torch
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -121,11 +123,15 @@ def train(
     sampler = BucketBatchSampler(data.lengths, settings.batch_size, shuffle=True, seed=seed)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=Collator(pad_id, weights))
     total_steps = len(sampler) * settings.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps)
+    if start_after:  # the schedule resumes at the step it had reached: a scheduler needs initial_lr for that
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps,
+                                                last_epoch=len(sampler) * start_after - 1)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     backward_share = 1.0 / max(len(hardeners), 1)
     unwrapped = accelerator.unwrap_model(model)
-    at, best_state, rng = Position(), None, None
+    at, best_state, rng = Position(epoch=start_after + 1), None, None
     restored = checkpoints.load(unwrapped, optimizer, scheduler, accelerator.process_index) if checkpoints else None
     if restored is not None:
         at, best_state, rng = restored
@@ -219,7 +225,7 @@ def train(
                     p.copy_(best_state[n])
     seconds = time.perf_counter() - started
     unwrapped.eval()
-    return TrainReport(epoch, at.best_epoch, at.best_score, at.best_dev, seconds,
+    return TrainReport(epoch - start_after, at.best_epoch, at.best_score, at.best_dev, seconds,
                        at.seen / at.stepping if at.stepping else 0.0)
 
 

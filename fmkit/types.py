@@ -86,6 +86,7 @@ class MemberSpec:
     weights: Sequence[float] | None = None  # one loss weight per row in ``indices`` (or per train row)
     options: dict[str, Any] = field(default_factory=dict)  # overrides of train.* for this member
     stop_after: int | None = None  # train only this many epochs of the member's schedule (e.g. a soup's trunk)
+    start_after: int = 0  # skip this many epochs of it: the model was trained through them (a soup's member)
     model: Any = None  # a prepared model to train instead of a fresh ``fit.model(seed)`` (e.g. one more
     # adapter on a backbone that earlier members share, or a copy of a common start for a soup)
 

@@ -245,6 +245,11 @@ def test_soup_members_fork_from_a_trunk_trained_once(runs, tiny_model, classify_
     assert {e["name"]: e["epochs_run"] for e in log if e["event"] == "member"} == {"trunk": 2, "m1": 2, "m2": 2}
     rates = [e["lr"] for e in log if e["event"] == "step" and e["member"] == "trunk"]
     assert 0.3 * max(rates) < rates[-1] < 0.7 * max(rates), "the trunk stops halfway down the run's schedule"
+    member = [e for e in log if e["event"] in ("step", "epoch") and e["member"] == "m1"]
+    assert sorted({e["epoch"] for e in member}) == [3, 4], "members run the schedule's last 2 epochs"
+    peak = json.loads((run_dir / "config.json").read_text())["config"]["train"]["lr"]
+    next_rate = (rates[-1] - (rates[-2] - rates[-1])) / peak  # one more step down the trunk's decay
+    assert member[0]["lr"] / 1.0e-9 == pytest.approx(next_rate, rel=1e-3), "and continue its decay, no new warm-up"
     pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).state_dict()
     merged = []
     for name in ("m1", "m2"):

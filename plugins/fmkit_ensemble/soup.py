@@ -96,9 +96,8 @@ def uniform(chosen: Sequence[int], count: int) -> list[float]:
 
 def grow_trunk(run: Run, team: Members, specs: Sequence[MemberSpec], share: float) -> dict[str, Any] | None:
     """Train the first ``share`` of the run's schedule once, as one trunk the members all fork from; each
-    member's spec then runs the rest of its epochs, from the learning rate its linear schedule would have
-    reached there, without a second warm-up: together, the schedule of one run. None when the share
-    rounds down to no whole epoch."""
+    member then runs the rest of its own schedule (``start_after``): together, the schedule of one run.
+    None when the share rounds down to no whole epoch."""
     train = run.config.train
     shared = int(train.epochs * share)
     if shared == 0:
@@ -108,9 +107,7 @@ def grow_trunk(run: Run, team: Members, specs: Sequence[MemberSpec], share: floa
         if epochs <= shared:
             raise FmkitError(f"soup.shared: member {spec.name} trains {epochs} epoch(s), not more than the {shared} "
                              "its trunk runs; lower soup.shared or raise the epochs")
-        decayed = (epochs - shared) / epochs / (1 - spec.options.get("warmup_ratio", train.warmup_ratio))
-        spec.options = {**spec.options, "epochs": epochs - shared, "warmup_ratio": 0.0,
-                        "lr": spec.options.get("lr", train.lr) * decayed}
+        spec.start_after = shared
     run.say(f"soup: trunk, the first {shared} of {train.epochs} epochs, trained once for every member (seed {run.seed})")
     spec = MemberSpec("trunk", run.seed, stop_after=shared)
     trunk = team.fit_one(spec, team.model_for(spec, 0, len(specs) + 1))
