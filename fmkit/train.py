@@ -123,9 +123,8 @@ def train(
     sampler = BucketBatchSampler(data.lengths, settings.batch_size, shuffle=True, seed=seed)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=Collator(pad_id, weights))
     total_steps = len(sampler) * settings.epochs
-    if start_after:  # the schedule resumes at the step it had reached: a scheduler needs initial_lr for that
-        for group in optimizer.param_groups:
-            group["initial_lr"] = group["lr"]
+    for group in optimizer.param_groups:  # what a scheduler started past step 0 (start_after) reads its peak from
+        group.setdefault("initial_lr", group["lr"])
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps,
                                                 last_epoch=len(sampler) * start_after - 1)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

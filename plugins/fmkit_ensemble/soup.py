@@ -8,7 +8,7 @@ soup of three 2-epoch LoRA members 2.1 F1 below its mean member), so by default 
 together: a trunk runs the first ``soup.shared`` of the run's schedule, then each member forks from it
 with its own seed (data order, dropout) and runs the rest of that schedule.
 Frankle et al. (2020) found that children forked after a little shared training end up linearly
-connected; here the soup then scored 1.6 F1 above its mean member (docs/ensembles.md). The trunk's
+connected (measured in docs/ensembles.md: greedy still often keeps one member). The trunk's
 cost is one member's share of the shared epochs, not one per member.
 
 Adapter members are averaged as the weights they compute with
