@@ -244,6 +244,9 @@ def evaluate_ensemble(prepared: Prepared, ensemble: Any, data: TaskData, hardene
     metrics: dict[str, Any] = {"task": run.task.kind, "primary_metric": run.task.primary_metric,
                                "data": data.description}
     reports, clean = [], {}
+    sizes = " and ".join(f"{split} ({len(examples)})" for split, examples in splits.items())
+    count = len(ensemble.members)
+    run.say(f"evaluating on {sizes}" + (f": the combination and its {count} members" if count > 1 else ""))
     for split, examples in splits.items():
         result, clean[split] = prepared.evaluate(ensemble.predict_proba, examples, split)
         reports.append(f"== {split} ({len(examples)} examples) ==\n{result.pop('report')}")
@@ -303,6 +306,9 @@ def robust_metrics(prepared: Prepared, model: Any, attacks: dict[str, Any], spli
     for name, hardener in attacks.items():
         out[name] = {}
         for split, examples in splits.items():
+            prepared.run.say(f"evaluating under the {name} attack on {split} ({len(examples)}): "
+                             "every attack step is a forward and a backward pass")
+
             def attacked(batch: dict, hardener: Any = hardener) -> Any:
                 rows = len(batch["input_ids"])
                 size = -(-rows // getattr(model, "attack_slices", 1))  # see types.Ensemble: attackable()

@@ -213,6 +213,8 @@ def test_run_reports_clean_and_robust_metrics(hardened_run, ner_files, capsys):
     assert metrics["test"]["f1"] >= 0.5, metrics["test"]  # learned enough for the attack to have something to break
     assert robust["f1"] < metrics["test"]["f1"] and 0 < robust["attack_success_rate"] <= 1
     assert metrics["members"]["model"]["robust"] == metrics["robust"]
+    notes = (hardened_run / "report.txt").read_text()  # what the run said while it evaluated, in order
+    assert notes.index("evaluating on dev (") < notes.index("evaluating under the fgsm attack on test (")
     capsys.readouterr()
     assert cli("eval", hardened_run, "--data", ner_files["test"], "--attack", "pgd", "--set", "pgd.epsilon=0.3") == 0
     table = capsys.readouterr().out

@@ -133,4 +133,7 @@ def cook(run: Run, fit: Fit, plugin: Combine) -> SoupModel:
 
     order = sorted(range(len(members)), key=lambda i: -members[i].dev_metrics.get(metric, 0.0))
     chosen = greedy(order, dev_score)
+    if len(chosen) == 1:
+        run.say(f"soup: greedy kept {members[chosen[0]].name} alone (every other member lowered dev {metric}): "
+                "the result is that one member; on a small dev split try soup.mode=uniform (docs/ensembles.md)")
     return SoupModel(members, uniform(chosen, len(members)), "greedy", trunk)
