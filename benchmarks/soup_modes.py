@@ -8,9 +8,10 @@ uniform, and test must not. This script uses a third split: CoNLL-2003 (``../sha
 training sample of ``--train-size`` sentences, and the valid file shuffled and cut in two, a dev
 part that the run selects on (epochs, the greedy soup) and a held-out part that only scores.
 
-For each seed: one `fmkit run --plugins adapter,soup` (greedy, the members' defaults otherwise as
-benchmarks/ensembles.py sets them), then, from the same saved members, the uniform soup. Members,
-greedy and uniform are all scored on the held-out part.
+For each seed: one `fmkit run --plugins adapter,soup` with the plugin's defaults (greedy, 5 members,
+a trunk of half the epochs) and benchmarks/ensembles.py's schedule (3 epochs, batches of 8), then,
+from the same saved members, the uniform soup. Members, greedy and uniform are all scored on the
+held-out part.
 
     python benchmarks/soup_modes.py [--seeds 42 43] [--train-size 1915] [--dev-size 240] [--epochs 3]
         [--conll DIR] [--output PATH]
