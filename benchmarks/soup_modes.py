@@ -46,9 +46,8 @@ def write(path: Path, blocks: list[str]) -> str:
 def one_seed(seed: int, args: argparse.Namespace, work: Path) -> dict:
     from fmkit.cli import main
     from fmkit.data import load_task_data
-    from fmkit.evaluate import softmax_predictor
     from fmkit.pipeline import load
-    from fmkit_ensemble.soup import make_soup, uniform
+    from fmkit_ensemble.soup import SoupModel, uniform
 
     rng = random.Random(seed)
     train = rng.sample(sentences(args.conll / "train.txt"), args.train_size)
@@ -67,8 +66,8 @@ def one_seed(seed: int, args: argparse.Namespace, work: Path) -> dict:
     loaded = load(work / name)
     data = load_task_data(loaded.run.config)[1]
     members = loaded.ensemble.members
-    soup = make_soup([m.model for m in members], uniform(range(len(members)), len(members)))
-    uniform_f1 = {split: loaded.prepared.evaluate(softmax_predictor(soup), getattr(data, split), split)[0]["f1"]
+    soup = SoupModel(members, uniform(range(len(members)), len(members)), "uniform")
+    uniform_f1 = {split: loaded.prepared.evaluate(soup.predict_proba, getattr(data, split), split)[0]["f1"]
                   for split in ("dev", "test")}
     member_f1 = {n: {"dev": m["dev"]["f1"], "heldout": m["test"]["f1"]} for n, m in metrics["members"].items()}
     return {

@@ -237,8 +237,9 @@ def test_soup_members_fork_from_a_trunk_trained_once(runs, tiny_model, classify_
     from transformers import AutoModelForSequenceClassification
 
     # members that barely move after the fork are the trunk: trained (LoRA moved the encoder), and alike
+    member_peak = 1.0e-9
     run_dir = classify_run(runs, classify_files, tiny_model, "soup-trunk", "adapter,soup", "soup.members=2",
-                           "soup.mode=uniform", "train.epochs=4", "soup.options={lr: [1.0e-9, 1.0e-9]}")
+                           "soup.mode=uniform", "train.epochs=4", f"soup.options={{lr: [{member_peak}, {member_peak}]}}")
     trunk = layout(run_dir)["state"]["trunk"]
     assert trunk["epochs"] == 2 and trunk["train_seconds"] > 0, "soup.shared=0.5 of 4 epochs"
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -249,7 +250,7 @@ def test_soup_members_fork_from_a_trunk_trained_once(runs, tiny_model, classify_
     assert sorted({e["epoch"] for e in member}) == [3, 4], "members run the schedule's last 2 epochs"
     peak = json.loads((run_dir / "config.json").read_text())["config"]["train"]["lr"]
     next_rate = (rates[-1] - (rates[-2] - rates[-1])) / peak  # one more step down the trunk's decay
-    assert member[0]["lr"] / 1.0e-9 == pytest.approx(next_rate, rel=1e-3), "and continue its decay, no new warm-up"
+    assert member[0]["lr"] / member_peak == pytest.approx(next_rate, rel=1e-3), "and continue its decay, no new warm-up"
     pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).state_dict()
     merged = []
     for name in ("m1", "m2"):
