@@ -10,8 +10,8 @@ part that the run selects on (epochs, the greedy soup) and a held-out part that 
 
 For each seed: one `fmkit run --plugins adapter,soup` with the plugin's defaults (greedy, 5 members,
 a trunk of half the epochs) and benchmarks/ensembles.py's schedule (3 epochs, batches of 8), then,
-from the same saved members, the uniform soup. Members, greedy and uniform are all scored on the
-held-out part.
+from the same saved members, the greedy soup by the other criterion (``soup.greedy_by``: dev F1 or
+dev log-likelihood) and the uniform soup. Members and soups are all scored on the held-out part.
 
     python benchmarks/soup_modes.py [--seeds 42 43] [--train-size 1915] [--dev-size 240] [--epochs 3]
         [--conll DIR] [--output PATH]
@@ -47,7 +47,7 @@ def one_seed(seed: int, args: argparse.Namespace, work: Path) -> dict:
     from fmkit.cli import main
     from fmkit.data import load_task_data
     from fmkit.pipeline import load
-    from fmkit_ensemble.soup import SoupModel, uniform
+    from fmkit_ensemble.soup import SoupModel, choose, uniform
 
     rng = random.Random(seed)
     train = rng.sample(sentences(args.conll / "train.txt"), args.train_size)
@@ -59,21 +59,28 @@ def one_seed(seed: int, args: argparse.Namespace, work: Path) -> dict:
     name = f"soup-{seed}"
     command = ["run", "--plugins", "adapter,soup", "--runs-dir", str(work), "--name", name, "--seed", str(seed),
                "--train", files["train"], "--dev", files["dev"], "--test", files["heldout"],
-               "--set", f"train.epochs={args.epochs}", "--set", "train.batch_size=8", "--set", "train.progress=false"]
+               "--set", f"train.epochs={args.epochs}", "--set", "train.batch_size=8", "--set", "train.progress=false",
+               "--set", f"soup.greedy_by={args.greedy_by}"]
     if main(command) != 0:
         raise SystemExit(f"fmkit run failed for seed {seed}")
     metrics = json.loads((work / name / "metrics.json").read_text())
     loaded = load(work / name)
     data = load_task_data(loaded.run.config)[1]
-    members = loaded.ensemble.members
-    soup = SoupModel(members, uniform(range(len(members)), len(members)), "uniform")
-    uniform_f1 = {split: loaded.prepared.evaluate(soup.predict_proba, getattr(data, split), split)[0]["f1"]
-                  for split in ("dev", "test")}
+    members, count, by = loaded.ensemble.members, len(loaded.ensemble.members), args.greedy_by
+    other = "loss" if by == "metric" else "metric"
+    loaded.run.data = data
+    chosen = choose(loaded.run, members, lambda predict: loaded.prepared.probabilities(predict, data.dev, "dev"), other)
+    soups = {}
+    for mode, weights in ((f"greedy_by_{other}", uniform(chosen, count)), ("uniform", uniform(range(count), count))):
+        soup = SoupModel(members, weights, mode)
+        f1 = [loaded.prepared.evaluate(soup.predict_proba, getattr(data, split), split)[0]["f1"] for split in ("dev", "test")]
+        soups[mode] = {"weights": weights, "dev": f1[0], "heldout": f1[1]}
     member_f1 = {n: {"dev": m["dev"]["f1"], "heldout": m["test"]["f1"]} for n, m in metrics["members"].items()}
     return {
-        "seed": seed, "greedy_weights": loaded.ensemble.coefficients,
-        "greedy": {"dev": metrics["dev"]["f1"], "heldout": metrics["test"]["f1"]},
-        "uniform": {"dev": uniform_f1["dev"], "heldout": uniform_f1["test"]},
+        "seed": seed,
+        f"greedy_by_{by}": {"weights": loaded.ensemble.coefficients, "dev": metrics["dev"]["f1"],
+                            "heldout": metrics["test"]["f1"]},
+        **soups,
         "members": member_f1,
         "mean_member": {split: statistics.mean(m[split] for m in member_f1.values()) for split in ("dev", "heldout")},
     }
@@ -86,6 +93,8 @@ def main() -> None:
     parser.add_argument("--dev-size", type=int, default=240, help="dev sentences the run selects on (WNUT's 240)")
     parser.add_argument("--heldout-size", type=int, default=1000, help="held-out sentences that only score")
     parser.add_argument("--epochs", type=int, default=3, help="train.epochs (benchmarks/ensembles.py's default)")
+    parser.add_argument("--greedy-by", choices=("metric", "loss"), default="metric",
+                        help="the run's soup.greedy_by; the other criterion is replayed on its members")
     parser.add_argument("--conll", type=Path, default=CONLL, help="folder of CoNLL-2003's train.txt and valid.txt")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -93,12 +102,14 @@ def main() -> None:
         raise SystemExit(f"{args.conll}: not found; this benchmark needs the shared CoNLL-2003 files")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [one_seed(seed, args, Path(tmp)) for seed in args.seeds]
-    print(f"\n{'seed':>5} {'greedy kept':>12} {'greedy':>15} {'uniform':>15} {'mean member':>15}   (dev / held-out F1)")
+    soups = ("greedy_by_metric", "greedy_by_loss", "uniform")
+    print(f"\n{'seed':>5} " + " ".join(f"{s:>24}" for s in soups) + f" {'mean member':>15}"
+          "   (dev / held-out F1; greedy: members kept)")
     for r in rows:
-        kept = sum(1 for w in r["greedy_weights"] if w)
-        cells = [f"{r[k]['dev']:.3f} / {r[k]['heldout']:.3f}" for k in ("greedy", "uniform")]
+        cells = [f"{r[s]['dev']:.3f} / {r[s]['heldout']:.3f}" + (f" ({sum(1 for w in r[s]['weights'] if w)})"
+                                                                  if s != "uniform" else "") for s in soups]
         mean = f"{r['mean_member']['dev']:.3f} / {r['mean_member']['heldout']:.3f}"
-        print(f"{r['seed']:>5} {kept:>12} {cells[0]:>15} {cells[1]:>15} {mean:>15}")
+        print(f"{r['seed']:>5} " + " ".join(f"{c:>24}" for c in cells) + f" {mean:>15}")
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "conll")}
     args.output.write_text(json.dumps({"data": "CoNLL-2003 train sample; valid split into dev and held-out",
                                        "settings": settings, "results": rows}, indent=2) + "\n")

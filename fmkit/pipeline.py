@@ -68,16 +68,18 @@ class Prepared:
     def predict(self, predict: Any, examples: list, split: str) -> list:
         return labels_from_probs(self.run.task, self.probabilities(predict, examples, split))
 
-    def probabilities(self, predict: Any, examples: list, split: str, rows: Sequence[int] | None = None) -> list:
-        """Per-example probabilities of ``predict`` on ``examples`` (only those at ``rows``, when given)."""
+    def probabilities(self, predict: Any, examples: list, split: str, rows: Sequence[int] | None = None,
+                      batch_size: int | None = None) -> list:
+        """Per-example probabilities of ``predict`` on ``examples`` (only those at ``rows``, when given),
+        in batches of ``batch_size`` sentences (default ``train.eval_batch_size``)."""
         from fmkit.train import accelerator_for
 
         features = self.encode(split, examples)
         if rows is not None:
             wanted = set(rows)
             features = [f for f in features if f.example in wanted]
-        probs = example_probs(self.run.task, features, len(examples), predict, self.run.config.train.eval_batch_size,
-                              self.pad_id, accelerator_for(self.run.config.train.precision).device)
+        probs = example_probs(self.run.task, features, len(examples), predict,
+                              batch_size or self.run.config.train.eval_batch_size, self.pad_id, accelerator_for(self.run.config.train.precision).device)
         return probs if rows is None else [probs[r] for r in rows]
 
 
@@ -124,8 +126,13 @@ class Fit:
         return self.prepared.selection.manager.hook.fmkit_adapt(run=self.prepared.run, model=model)
 
     def probabilities(self, predict: Any, split: str, rows: Sequence[int] | None = None) -> list:
-        """Per-example probabilities of ``predict`` (batch -> probabilities) on a split of the run's data."""
-        return self.prepared.probabilities(predict, getattr(self.prepared.run.data, split), split, rows)
+        """Per-example probabilities of ``predict`` (batch -> probabilities) on a split of the run's data.
+        Training rows, which combiners score between members (boosting's errors, stacking's out-of-fold
+        predictions), go in training-size batches: in prediction-size batches, scoring the whole
+        training split set the run's memory peak (measured in docs/ensembles.md)."""
+        train = self.prepared.run.config.train
+        return self.prepared.probabilities(predict, getattr(self.prepared.run.data, split), split, rows,
+                                           train.batch_size if split == "train" else None)
 
     def __call__(self, spec: MemberSpec) -> Member:
         from fmkit.train import train

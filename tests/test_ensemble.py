@@ -278,6 +278,48 @@ def test_greedy_soup_keeps_only_members_that_do_not_lower_the_score():
         == [0, 3, 1]
 
 
+def test_soup_log_likelihood_is_the_mean_log_probability_of_the_gold_labels():
+    from fmkit.types import Task
+    from fmkit_ensemble.soup import log_likelihood
+
+    ner = Task("ner", ["O", "B-loc", "I-loc"], scheme="IOB2")
+    words = [np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]), np.array([[0.2, 0.2, 0.6]])]
+    gold = [["O", "B-loc"], ["B-per"]]  # B-per: a label the model lacks, skipped
+    assert log_likelihood(ner, gold, words) == pytest.approx((np.log(0.5) + np.log(0.8)) / 2)
+    classify = Task("classify", ["neg", "pos"])
+    assert log_likelihood(classify, ["pos", "neg"], [np.array([0.3, 0.7]), np.array([0.9, 0.1])]) \
+        == pytest.approx((np.log(0.7) + np.log(0.9)) / 2)
+
+
+def test_greedy_soup_by_loss_compares_soups_on_dev_log_likelihood(runs, tiny_model, classify_files):
+    run_dir = classify_run(runs, classify_files, tiny_model, "soup-loss", "adapter,soup", "soup.members=2",
+                           "soup.greedy_by=loss", "soup.shared=0", "train.epochs=1")
+    said = [line for line in (run_dir / "report.txt").read_text().splitlines() if " dev log-likelihood " in line]
+    alone = {line.split()[1]: float(line.split()[-1]) for line in said if "+" not in line.split()[1]}
+    assert sorted(alone) == ["m1", "m2"] and all(v < 0 for v in alone.values()), "a log-likelihood per member"
+    best = max(alone, key=alone.get)
+    assert said[2].split()[1].startswith(best + "+"), "the soups grow from the member best on dev"
+    pair = float(said[2].split()[-1])
+    kept = [0.5, 0.5] if pair >= alone[best] else [float(name == best) for name in ("m1", "m2")]
+    assert layout(run_dir)["state"]["weights"] == kept, "the other member joins only if the soup's score holds"
+
+
+def test_combiners_score_training_rows_in_training_size_batches():
+    from types import SimpleNamespace
+
+    import fmkit.pipeline as pipeline
+
+    seen = []
+    config = SimpleNamespace(train=SimpleNamespace(batch_size=8, eval_batch_size=64, precision="fp32"))
+    prepared = SimpleNamespace(run=SimpleNamespace(config=config, data=SimpleNamespace(train=["t"], dev=["d"])),
+                               probabilities=lambda predict, examples, split, rows, batch: seen.append((split, batch)))
+    fit = object.__new__(pipeline.Fit)
+    fit.prepared = prepared
+    fit.probabilities(None, "train")
+    fit.probabilities(None, "dev")
+    assert seen == [("train", 8), ("dev", None)], "train.batch_size between members; eval_batch_size otherwise"
+
+
 def test_hard_and_soft_votes_differ_as_they_should():
     import torch
 

@@ -115,25 +115,46 @@ def grow_trunk(run: Run, team: Members, specs: Sequence[MemberSpec], share: floa
     return {"epochs": shared, "train_seconds": round(trunk.train_seconds, 1), "dev": trunk.dev_metrics}
 
 
+def log_likelihood(task: Any, gold: list, probs: list) -> float:
+    """Mean log-probability of the gold labels, per word for NER (gold labels the model lacks are
+    skipped): a proper score that moves with every prediction, where F1 on a small split moves in steps."""
+    import numpy as np
+
+    index = {label: i for i, label in enumerate(task.labels)}
+    pairs = [(p[w], index[g]) for p, tags in zip(probs, gold) for w, g in enumerate(tags) if g in index] \
+        if task.kind == "ner" else [(p, index[g]) for p, g in zip(probs, gold) if g in index]
+    return float(np.mean([np.log(max(float(row[i]), 1e-12)) for row, i in pairs]))
+
+
+def choose(run: Run, members: Sequence[Member], dev_probabilities: Callable[[Any], list], by: str) -> list[int]:
+    """The greedy soup's members: ranked by their own dev score, each added when the soup's dev score
+    does not drop. ``by``: "metric" (the task's primary metric) or "loss" (the gold labels' log-likelihood)."""
+    task, metric = run.task, run.task.primary_metric
+    gold = gold_labels(task, run.data.dev)
+    name = metric if by == "metric" else "log-likelihood"
+
+    def dev_score(chosen: list[int]) -> float:
+        soup = make_soup([members[i].model for i in chosen], [1.0 / len(chosen)] * len(chosen))
+        probs = dev_probabilities(softmax_predictor(soup))
+        result = scores(task, gold, labels_from_probs(task, probs))[metric] if by == "metric" \
+            else log_likelihood(task, gold, probs)
+        run.say(f"soup: {'+'.join(members[i].name for i in chosen)} dev {name} {result:.4f}")
+        return result
+
+    alone = {i: dev_score([i]) for i in range(len(members))}
+    chosen = greedy(sorted(alone, key=lambda i: -alone[i]), lambda c: alone[c[0]] if len(c) == 1 else dev_score(c))
+    if len(chosen) == 1:
+        run.say(f"soup: greedy kept {members[chosen[0]].name} alone (every other member lowered dev {name}): "
+                "the result is that one member" + ("; on a small dev split try soup.greedy_by=loss "
+                                                   "(docs/ensembles.md)" if by == "metric" else ""))
+    return chosen
+
+
 def cook(run: Run, fit: Fit, plugin: Combine) -> SoupModel:
     team, specs = Members(run, fit, plugin), plugin.specs(run)
     trunk = grow_trunk(run, team, specs, plugin.options.shared)
     members = team.train(specs)
     if plugin.options.mode == "uniform":
         return SoupModel(members, uniform(range(len(members)), len(members)), "uniform", trunk)
-    metric = run.task.primary_metric
-    gold = gold_labels(run.task, run.data.dev)
-
-    def dev_score(chosen: list[int]) -> float:
-        soup = make_soup([members[i].model for i in chosen], [1.0 / len(chosen)] * len(chosen))
-        predicted = labels_from_probs(run.task, fit.probabilities(softmax_predictor(soup), "dev"))
-        result = scores(run.task, gold, predicted)[metric]
-        run.say(f"soup: {'+'.join(members[i].name for i in chosen)} dev {metric} {result:.4f}")
-        return result
-
-    order = sorted(range(len(members)), key=lambda i: -members[i].dev_metrics.get(metric, 0.0))
-    chosen = greedy(order, dev_score)
-    if len(chosen) == 1:
-        run.say(f"soup: greedy kept {members[chosen[0]].name} alone (every other member lowered dev {metric}): "
-                "the result is that one member; on a small dev split try soup.mode=uniform (docs/ensembles.md)")
+    chosen = choose(run, members, lambda predict: fit.probabilities(predict, "dev"), plugin.options.greedy_by)
     return SoupModel(members, uniform(chosen, len(members)), "greedy", trunk)
