@@ -93,8 +93,9 @@ def main() -> None:
     parser.add_argument("--dev-size", type=int, default=240, help="dev sentences the run selects on (WNUT's 240)")
     parser.add_argument("--heldout-size", type=int, default=1000, help="held-out sentences that only score")
     parser.add_argument("--epochs", type=int, default=3, help="train.epochs (benchmarks/ensembles.py's default)")
-    parser.add_argument("--greedy-by", choices=("metric", "loss"), default="metric",
-                        help="the run's soup.greedy_by; the other criterion is replayed on its members")
+    parser.add_argument("--greedy-by", choices=("loss", "metric"), default="loss",
+                        help="the run's soup.greedy_by (the plugin's default: loss); the other criterion is replayed "
+                             "on its members")
     parser.add_argument("--conll", type=Path, default=CONLL, help="folder of CoNLL-2003's train.txt and valid.txt")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -99,10 +99,11 @@ class Soup(Combine):
         mode: Literal["uniform", "greedy"] = Field("greedy", description="greedy (Wortsman et al.'s recommendation): "
                                                    "add members best dev score first, keep each that does not lower "
                                                    "it; uniform: average every member")
-        greedy_by: Literal["metric", "loss"] = Field("metric", description="what the greedy soup compares on dev: "
-                                                     "metric, the task's primary metric (NER: entity F1); loss, the "
-                                                     "gold labels' log-likelihood, which moves with every prediction "
-                                                     "where F1 on a small dev split moves in steps")
+        greedy_by: Literal["loss", "metric"] = Field("loss", description="what the greedy soup compares on dev: "
+                                                     "loss, the gold labels' log-likelihood, which moves with every "
+                                                     "prediction where F1 on a small dev split moves in steps (chosen "
+                                                     "on CoNLL held-out data, docs/ensembles.md); metric, the task's "
+                                                     "primary metric (NER: entity F1), as Wortsman et al.")
         shared: float = Field(0.5, ge=0, lt=1, description="share of train.epochs (rounded down to whole epochs) "
                               "the members train as one trunk before they fork, so that they stay in one basin "
                               "and average well (docs/ensembles.md); 0: each trains from the common start alone")
