@@ -78,8 +78,9 @@ class Prepared:
         if rows is not None:
             wanted = set(rows)
             features = [f for f in features if f.example in wanted]
-        probs = example_probs(self.run.task, features, len(examples), predict,
-                              batch_size or self.run.config.train.eval_batch_size, self.pad_id, accelerator_for(self.run.config.train.precision).device)
+        train = self.run.config.train
+        probs = example_probs(self.run.task, features, len(examples), predict, batch_size or train.eval_batch_size,
+                              self.pad_id, accelerator_for(train.precision).device)
         return probs if rows is None else [probs[r] for r in rows]
 
 
