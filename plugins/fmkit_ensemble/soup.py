@@ -1,6 +1,7 @@
 """Model soups (Wortsman et al. 2022): members fine-tuned from the same start, then their weights
 averaged into one model, uniformly or greedily (members by dev score, best first, each kept only if
-the soup's dev score does not drop).
+the soup's dev score does not drop). The score is the gold labels' dev log-likelihood by default: F1 on
+a small dev split moves in coarse, noisy steps (the two compared in docs/ensembles.md).
 
 Averaging helps only members that lie in one basin of the loss, where the straight line between them
 stays low. Fine-tuned from one initialisation for a short schedule they need not (measured: a uniform
@@ -8,8 +9,7 @@ soup of three 2-epoch LoRA members 2.1 F1 below its mean member), so by default 
 together: a trunk runs the first ``soup.shared`` of the run's schedule, then each member forks from it
 with its own seed (data order, dropout) and runs the rest of that schedule.
 Frankle et al. (2020) found that children forked after a little shared training end up linearly
-connected (measured in docs/ensembles.md: greedy still often keeps one member). The trunk's
-cost is one member's share of the shared epochs, not one per member.
+connected. The trunk's cost is one member's share of the shared epochs, not one per member.
 
 Adapter members are averaged as the weights they compute with
 (adapter merged into the backbone, their own task heads included), which PEFT's
