@@ -1,10 +1,10 @@
-"""Which soup should be the default, greedy or uniform? Decided on data that chose nothing.
+"""Which soup should be the default: greedy by dev F1, greedy by dev log-likelihood, or uniform?
 
-A greedy soup (Wortsman et al. 2022) ranks the members and keeps each one that does not lower the
+Decided on data that chose nothing. A greedy soup (Wortsman et al. 2022) ranks the members and keeps each one that does not lower the
 dev score. On a small dev split that comparison is slanted towards one member: a member's dev score
 is the best of its epochs, and the first member is the best of the members, both picked on that same
-dev split, while the soup's score was picked by nothing. So dev cannot referee greedy against
-uniform, and test must not. This script uses a third split: CoNLL-2003 (``../shared/data``), a
+dev split, while the soup's score was picked by nothing. So dev cannot referee the soups, and test
+must not. This script uses a third split: CoNLL-2003 (``../shared/data``), a
 training sample of ``--train-size`` sentences, and the valid file shuffled and cut in two, a dev
 part that the run selects on (epochs, the greedy soup) and a held-out part that only scores.
 
@@ -13,8 +13,8 @@ a trunk of half the epochs) and benchmarks/ensembles.py's schedule (3 epochs, ba
 from the same saved members, the greedy soup by the other criterion (``soup.greedy_by``: dev F1 or
 dev log-likelihood) and the uniform soup. Members and soups are all scored on the held-out part.
 
-    python benchmarks/soup_modes.py [--seeds 42 43] [--train-size 1915] [--dev-size 240] [--epochs 3]
-        [--conll DIR] [--output PATH]
+    python benchmarks/soup_modes.py [--seeds 42 43] [--train-size 1915] [--dev-size 240] [--heldout-size 1000]
+        [--epochs 3] [--greedy-by loss|metric] [--conll DIR] [--output PATH]
 
 Prints a table and writes benchmarks/results/soup-modes.json.
 """

@@ -84,7 +84,9 @@ def fmkit_combine(run: Run, fit: Callable[[MemberSpec], Member]) -> Ensemble:
     dev metrics. With no combine plugin the run has one member trained on all the data.
     ``fit.model(seed)`` returns a fresh adapted model (to share or copy before training, passed back
     as ``spec.model``) and ``fit.probabilities(predict, split, rows)`` gives per-example
-    probabilities of any predictor on a split (out-of-fold predictions, boosting errors, soups).
+    probabilities of any predictor on a split (out-of-fold predictions, boosting errors, soups); the
+    training split is scored in ``train.batch_size`` batches, so scoring it between members costs no
+    more memory than training them.
     ``fit.map(specs)`` trains members that do not depend on each other, as Ray tasks under
     ``--executor ray`` (one after another otherwise); members given a ``spec.model`` train here.
     """
