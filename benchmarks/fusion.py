@@ -1,4 +1,4 @@
-"""Fusion vs single modalities on a data set whose label needs both (``fmkit_fusion.synthetic``).
+"""Fusion vs single modalities on a data set whose label needs both (``fmkit_fuse.synthetic``).
 
 The class is (a keyword in the text) x (the colour of the shape in the image): four classes, so a
 single modality can reach about 50%. Five runs on the same generated split, same model and epochs:
@@ -79,7 +79,7 @@ def main() -> None:
                         "run's plugin defaults: 1e-4 text only, 5e-4 with a fusion plugin)")
     args = parser.parse_args()
 
-    from fmkit_fusion.synthetic import write
+    from fmkit_fuse.synthetic import write
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,7 +46,7 @@ def train(way: str, settings: list[str], common: list[str], runs: Path) -> tuple
     """`fmkit run` for one way: the run directory, its metrics and its training log record."""
     from fmkit.config import build_config
     from fmkit.pipeline import execute
-    from fmkit.plugins import discover
+    from fmkit.registry import discover
 
     plugins = [s for s in settings if "=" not in s]
     options = [s for s in settings if "=" in s]
@@ -88,9 +88,11 @@ def step_costs(config, task, data, batches: int, repeats: int) -> dict:
     from fmkit.data.encode import encode
     from fmkit.model import quiet_transformers
     from fmkit.train import forward_logits, task_loss
-    from fmkit_adversarial import FGSM, PGD, FreeLB
-    from fmkit_adversarial.embeddings import perturbable
-    from fmkit_hf import resolve_model
+    from fmkit_harden.embeddings import perturbable
+    from fmkit_harden.fgsm import FGSM
+    from fmkit_harden.freelb import FreeLB
+    from fmkit_harden.pgd import PGD
+    from fmkit_pretrain.hf import resolve_model
 
     path, _ = resolve_model(config.model)
     with quiet_transformers():
@@ -114,12 +116,12 @@ def step_costs(config, task, data, batches: int, repeats: int) -> dict:
     def clean(batch):
         backward(task_loss(forward_logits(model, batch), batch))
 
-    attack = hardener(PGD, steps=3).text
+    attack = hardener(PGD, steps=3).embedding_attack
 
     def textbook(batch):
         """The widespread recipe: a clean pass of its own, a full backward per ascent step (parameter
         gradients computed, then thrown away), then the adversarial pass."""
-        r = attack.recipe
+        r = attack.settings
         backward(task_loss(forward_logits(model, batch), batch) * (1 - r.adv_weight))
         saved = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         keep = perturbable(batch)[..., None]

@@ -46,8 +46,8 @@ def write(path: Path, blocks: list[str]) -> str:
 def one_seed(seed: int, args: argparse.Namespace, work: Path) -> dict:
     from fmkit.cli import main
     from fmkit.data import load_task_data
-    from fmkit.pipeline import load
-    from fmkit_ensemble.soup import SoupModel, choose, uniform
+    from fmkit.artifacts import load
+    from fmkit_combine.soup import SoupModel, choose, uniform
 
     rng = random.Random(seed)
     train = rng.sample(sentences(args.conll / "train.txt"), args.train_size)
@@ -69,11 +69,11 @@ def one_seed(seed: int, args: argparse.Namespace, work: Path) -> dict:
     members, count, by = loaded.ensemble.members, len(loaded.ensemble.members), args.greedy_by
     other = "loss" if by == "metric" else "metric"
     loaded.run.data = data
-    chosen = choose(loaded.run, members, lambda predict: loaded.prepared.probabilities(predict, data.dev, "dev"), other)
+    chosen = choose(loaded.run, members, lambda predict: loaded.scorer.probabilities(predict, data.dev, "dev"), other)
     soups = {}
     for mode, weights in ((f"greedy_by_{other}", uniform(chosen, count)), ("uniform", uniform(range(count), count))):
-        soup = SoupModel(members, weights, mode)
-        f1 = [loaded.prepared.evaluate(soup.predict_proba, getattr(data, split), split)[0]["f1"] for split in ("dev", "test")]
+        soup = SoupModel(loaded.run, members, weights, mode)
+        f1 = [loaded.scorer.evaluate(soup.predict_proba, getattr(data, split), split)[0]["f1"] for split in ("dev", "test")]
         soups[mode] = {"weights": weights, "dev": f1[0], "heldout": f1[1]}
     member_f1 = {n: {"dev": m["dev"]["f1"], "heldout": m["test"]["f1"]} for n, m in metrics["members"].items()}
     return {

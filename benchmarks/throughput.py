@@ -53,7 +53,7 @@ def run_trainer(config, task, data, fixed: bool) -> dict:
                               Trainer, TrainingArguments, default_data_collator)
     from transformers.utils import logging
 
-    from fmkit_hf import resolve_model
+    from fmkit_pretrain.hf import resolve_model
 
     logging.set_verbosity_error()
     path, _ = resolve_model(config.model)

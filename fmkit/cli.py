@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fmkit.config import build_config, read_config_file
-    from fmkit.plugins import discover, select
+    from fmkit.registry import discover, select
 
     available = discover()
     flags = {"plugins": args.plugins, "task": args.task, "data.train": _str(args.train), "data.dev": _str(args.dev),
@@ -208,7 +208,7 @@ def format_metrics(metrics: dict[str, Any], splits: Sequence[str] = ("dev", "tes
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from fmkit.plugins import STAGES, discover, lookup, options_table
+    from fmkit.registry import STAGES, discover, lookup, options_table
 
     available = discover()
     if args.action == "show":
@@ -239,23 +239,23 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fmkit.pipeline import load
+    from fmkit.artifacts import load
 
     if args.settings and not args.attack:
         raise FmkitError("eval --set sets options of the --attack plugin: add --attack NAME")
     loaded = load(args.run_dir, args.attack, args.settings)
     examples = read_for_run(loaded.run, args.data)
-    result, predicted = loaded.prepared.evaluate(loaded.ensemble.predict_proba, examples, "eval")
+    result, predicted = loaded.scorer.evaluate(loaded.ensemble.predict_proba, examples, "eval")
     report = result.pop("report")
     result["examples"] = len(examples)
     if loaded.attacks:
+        from fmkit.assess import attack_targets, robust_metrics
         from fmkit.evaluate import softmax_predictor
-        from fmkit.pipeline import attack_targets, robust_metrics
 
         result["robust"] = {}
         for member, model in attack_targets(loaded.ensemble).items():  # the combination, or each member
-            clean = predicted if member is None else loaded.prepared.predict(softmax_predictor(model), examples, "eval")
-            robust = robust_metrics(loaded.prepared, model, loaded.attacks, {"eval": examples}, {"eval": clean})
+            clean = predicted if member is None else loaded.scorer.predict(softmax_predictor(model), examples, "eval")
+            robust = robust_metrics(loaded.scorer, model, loaded.attacks, {"eval": examples}, {"eval": clean})
             suffix = "" if member is None else f" ({member})"
             result["robust"].update({name + suffix: by_split["eval"] for name, by_split in robust.items()})
     if args.json:
@@ -286,12 +286,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.output is not None and args.output.exists():
         raise FmkitError(f"--output {args.output} already exists; choose another path")
+    from fmkit.artifacts import load
     from fmkit.data import read_unlabeled
-    from fmkit.pipeline import load
 
     loaded = load(args.run_dir)
     examples = read_unlabeled(loaded.run.config, args.file, args.format)
-    predicted = loaded.prepared.predict(loaded.ensemble.predict_proba, examples, "predict")
+    predicted = loaded.scorer.predict(loaded.ensemble.predict_proba, examples, "predict")
     if loaded.run.task.kind == "ner":
         text = "\n".join("\n".join(f"{w}\t{t}" for w, t in zip(e.words, tags)) + "\n" for e, tags in zip(examples, predicted))
     else:
@@ -305,7 +305,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
-    from fmkit.plugins import discover
+    from fmkit.registry import discover
     from fmkit.scaffold import new_plugin
 
     target = new_plugin(args.name, args.stage, args.directory, set(discover()))

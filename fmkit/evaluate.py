@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fmkit.data.batching import BucketBatchSampler, Collator, IndexedFeatures
+from fmkit.data.batching import prediction_batches
 from fmkit.data.encode import Feature
 from fmkit.data.schemes import allowed_transitions
 from fmkit.types import Task
@@ -39,14 +39,24 @@ def softmax_predictor(model: Any) -> PredictFn:
     return predict
 
 
+def member_probabilities(models: Sequence[Any], batch: dict) -> Any:
+    """(members, batch, [tokens,] classes): each model's probabilities. Members on one shared backbone
+    (``types.SharedBackbone``) are asked to batch them; any others run one by one."""
+    import torch
+
+    shared = getattr(models[0], "shared_backbone", None)
+    if shared is not None and all(getattr(m, "shared_backbone", None) is shared for m in models):
+        probs = shared.probabilities(models, batch)
+        if probs is not None:
+            return probs
+    return torch.stack([softmax_predictor(m)(batch) for m in models])
+
+
 def example_probs(task: Task, features: Sequence[Feature], n_examples: int, predict: PredictFn,
                   batch_size: int, pad_id: int, device: Any = None) -> list[np.ndarray]:
     """Probabilities per example: (words, classes) for NER (windows merged), (classes,) otherwise."""
     import torch
 
-    dataset = IndexedFeatures(features)
-    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False)
-    collate = Collator(pad_id)
     out: list[Any] = [None] * n_examples
     if task.kind == "ner":
         sizes = [0] * n_examples
@@ -55,10 +65,7 @@ def example_probs(task: Task, features: Sequence[Feature], n_examples: int, pred
                 sizes[f.example] = max(sizes[f.example], word + 1)
         out = [np.zeros((n, len(task.labels)), dtype=np.float32) for n in sizes]
     with torch.inference_mode():
-        for indices in sampler:
-            batch = collate([dataset[i] for i in indices])
-            if device is not None:
-                batch = {k: v.to(device) for k, v in batch.items()}
+        for indices, batch in prediction_batches(features, batch_size, pad_id, device):
             probs = predict(batch).float().cpu().numpy()
             for row, i in enumerate(indices):
                 f = features[i]
@@ -133,6 +140,7 @@ def scores(task: Task, gold: list, predicted: list) -> dict[str, Any]:
 
 
 def gold_labels(task: Task, examples: Sequence) -> list:
+    """What the metrics compare predictions with: each sentence's tags (ner) or each example's label."""
     return [e.tags for e in examples] if task.kind == "ner" else [e.label for e in examples]
 
 

@@ -1,26 +1,32 @@
-"""The five stages of a run, declared as pluggy hooks.
+"""The six stages of a run, declared as pluggy hooks.
 
-A run calls them in this order: ``fmkit_pretrain`` -> ``fmkit_fuse`` -> ``fmkit_harden`` ->
-``fmkit_combine``, whose ``fit`` callback calls ``fmkit_adapt`` and the training loop once per member.
+A run calls them in this order: ``fmkit_pretrain`` -> ``fmkit_data`` -> ``fmkit_fuse`` -> ``fmkit_harden``
+-> ``fmkit_combine``, whose ``fit`` callback calls ``fmkit_adapt`` and the training loop once per member.
 Only the plugins selected for the run (and the defaults of the stages left empty) are registered,
-so a hook body never has to check whether it was asked for. The two ``*_load`` hooks rebuild what
-``adapt`` and ``combine`` produced from a saved run directory, for ``fmkit eval`` and ``fmkit predict``.
+so a hook body never has to check whether it was asked for. The core registers its own fallbacks
+last (``fmkit.defaults``): a text-only model when no fuse plugin answers, one member when no combine
+plugin does. The ``*_load`` hooks rebuild what ``adapt`` and ``combine`` produced from a saved run
+directory, for ``fmkit eval`` and ``fmkit predict``; ``fmkit_adapt_share`` and ``fmkit_adapt_merge``
+are what the adapt stage tells the combine stage about its models.
 
-The objects the hooks exchange (``Run``, ``Foundation``, ``ModelBuilder``, ``Hardener``,
-``MemberSpec``, ``Member``, ``Ensemble``) are defined in ``fmkit.types``.
+Every hook receives the ``Run``: what one stage hands a later one travels on it (``run.foundation``,
+``run.data``, ``run.plugin_state``), never on plugin instances, so a Ray worker that rebuilds the run
+sees exactly what the driver saw. The objects the hooks exchange are defined in ``fmkit.types`` and
+exported, with the helpers plugins may use, by ``fmkit.plugin``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pluggy
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from fmkit.types import Ensemble, Foundation, Hardener, Member, MemberSpec, ModelBuilder, Run
+    from fmkit.types import (Ensemble, Example, Foundation, Hardener, Member, MemberSpec, ModelBuilder, Run,
+                             SharedBackbone)
 
 hookspec = pluggy.HookspecMarker("fmkit")
 
@@ -33,6 +39,20 @@ def fmkit_pretrain(run: Run) -> Foundation:
     ``hf`` when no other pretrain plugin is selected). A continuation such as masked-LM pretraining
     implements this hook with ``@fmkit.hookimpl(wrapper=True)``: it receives the loaded foundation
     from ``yield`` and returns it further pretrained (weights saved under ``run.directory``).
+    The core then sets ``run.foundation``.
+    """
+
+
+@hookspec
+def fmkit_data(run: Run, train: Sequence[Example]) -> Sequence[Example] | None:
+    """Return the training examples this plugin wants instead of ``train``, or None to leave them.
+
+    Called once per run, after pretrain (``run.foundation`` is set) and before anything is encoded:
+    the place to add rows (a transfer set, augmentation), transform or drop them. Several plugins may
+    answer; each receives the previous one's rows, in the order of the plugins' names (never the
+    order of ``--plugins``). Only training rows change: dev and test (``run.data.dev``/``.test``) are
+    the yardstick. Afterwards ``run.data`` is read-only to every hook, and Ray workers receive it as
+    it is then. Anything computed here for a later stage goes in ``run.plugin_state[plugin name]``.
     """
 
 
@@ -40,7 +60,7 @@ def fmkit_pretrain(run: Run) -> Foundation:
 def fmkit_fuse(run: Run, foundation: Foundation) -> ModelBuilder:
     """Return a ModelBuilder that turns the foundation into a task model for ``run.task``.
 
-    Called once per run, after pretrain. A fusion plugin combines the text encoder with other
+    Called once per run, after the data stage. A fusion plugin combines the text encoder with other
     modalities (image, tabular); with none selected the core builds a text-only model
     (a transformers ``AutoModelFor{Token,Sequence}Classification`` head on the backbone).
     """
@@ -66,6 +86,29 @@ def fmkit_adapt_load(run: Run, builder: ModelBuilder, directory: Path) -> nn.Mod
     """
 
 
+@hookspec(firstresult=True)
+def fmkit_adapt_share(run: Run, model: nn.Module) -> SharedBackbone | None:
+    """Offer a SharedBackbone on which ensemble members become parts of ``model``, or None.
+
+    Called by the core when a combine plugin asks for member models (``fit.new_model``) and when a
+    saved ensemble is reloaded, with the first model this adapt plugin prepared (or reloaded). An
+    adapter method returns one so that k members hold one frozen backbone between them; plugins whose
+    members are whole models (``full``) leave it: each member is then a model of its own.
+    """
+
+
+@hookspec(firstresult=True)
+def fmkit_adapt_merge(run: Run, model: nn.Module) -> nn.Module:
+    """Return ``model`` as one plain task model of the builder's kind, its adaptation folded into its
+    weights, without changing ``model``.
+
+    For whatever needs weights rather than a prediction: a soup averages them, an export saves them.
+    The core's fallback returns ``model`` itself (a full fine-tune already is one); an adapter merges
+    its update into a copy of the backbone. A method whose training merges into no weight (prompt or
+    prefix tuning) raises FmkitError, and its plugin does not list ``merge`` in ``provides``.
+    """
+
+
 @hookspec
 def fmkit_harden(run: Run) -> Hardener:
     """Return a Hardener that makes training adversarial and attacks models for robust evaluation.
@@ -82,13 +125,14 @@ def fmkit_combine(run: Run, fit: Callable[[MemberSpec], Member]) -> Ensemble:
     Called once per run. ``fit(spec)`` builds a model, adapts it, trains it (with the harden
     stage) on the rows/weights/seed that ``spec`` names and returns the trained Member with its
     dev metrics. With no combine plugin the run has one member trained on all the data.
-    ``fit.model(seed)`` returns a fresh adapted model (to share or copy before training, passed back
-    as ``spec.model``) and ``fit.probabilities(predict, split, rows)`` gives per-example
-    probabilities of any predictor on a split (out-of-fold predictions, boosting errors, soups); the
-    training split is scored in ``train.batch_size`` batches, so scoring it between members costs no
-    more memory than training them.
-    ``fit.map(specs)`` trains members that do not depend on each other, as Ray tasks under
-    ``--executor ray`` (one after another otherwise); members given a ``spec.model`` train here.
+    ``fit.new_model(name, seed, copy_of)`` returns the model a member trains (passed back as
+    ``spec.model``): on one shared backbone when the adapt stage offers it (``fmkit_adapt_share``),
+    else a model of its own; ``copy_of`` starts it from another model's weights (a common start, a
+    trained trunk). ``fit.probabilities(predict, split, rows)`` gives per-example probabilities of
+    any predictor on a split (out-of-fold predictions, boosting errors, soups); the training split is
+    scored in ``train.batch_size`` batches, so scoring it between members costs no more memory than
+    training them. ``fit.map(specs)`` trains members that do not depend on each other, as Ray tasks
+    under ``--executor ray`` (one after another otherwise); members given a ``spec.model`` train here.
     """
 
 
@@ -97,5 +141,6 @@ def fmkit_combine_load(run: Run, members: list[Member], state: dict[str, Any], d
     """Rebuild the Ensemble from its reloaded members and the state its ``Ensemble.state()`` saved.
 
     Called by ``fmkit eval`` / ``fmkit predict`` for runs that had a combine plugin. ``directory`` is
-    the run's ``model/`` folder, where the optional ``Ensemble.save`` wrote its files.
+    the run's ``model/`` folder, where the optional ``Ensemble.save`` wrote its files. Members that
+    share a backbone in training share one again here.
     """

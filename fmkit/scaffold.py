@@ -57,12 +57,11 @@ MODULE_HEAD = '''\
 
 from __future__ import annotations
 
-${stdlib}from typing import Any
-
+${stdlib}${typing}
 from pydantic import BaseModel, ConfigDict, Field
 
-import fmkit
-${imports}'''
+from fmkit.plugin import ${imports}
+'''
 
 PLUGIN_HEAD = '''
 
@@ -84,14 +83,14 @@ STAGE_CODE: dict[str, dict[str, str]] = {
     "pretrain": {
         "summary": "Add domain words to the tokenizer before the task stages (a continuation of the loader).",
         "stdlib": "from pathlib import Path\n",
-        "imports": "from fmkit.types import Foundation, Run\n",
+        "imports": "Foundation, Run, hookimpl",
         "helpers": "",
         "options": '''\
         new_tokens: list[str] = Field([], description="words to add to the vocabulary as whole tokens; "
                                       "their embeddings start random and are learned with the task")
 ''',
         "hooks": '''
-    @fmkit.hookimpl(wrapper=True)  # a continuation: the loader (``hf``) answers first
+    @hookimpl(wrapper=True)  # a continuation: the loader (``hf``) answers first
     def fmkit_pretrain(self, run: Run) -> Any:
         foundation = yield
         if not self.options.new_tokens:
@@ -109,10 +108,31 @@ STAGE_CODE: dict[str, dict[str, str]] = {
 ''',
         "settings": ', "$name.new_tokens=[zurich]"',
     },
+    "data": {
+        "summary": "Case augmentation: lower-cased copies of training examples join them (noisy text drops capitals).",
+        "stdlib": "import random\nfrom collections.abc import Sequence\nfrom dataclasses import replace\n",
+        "imports": "Example, Run, hookimpl",
+        "helpers": "",
+        "options": '''\
+        share: float = Field(0.5, ge=0, le=1, description="share of the training examples that get a lower-cased "
+                             "copy (drawn with the run's seed)")
+''',
+        "hooks": '''
+    @hookimpl
+    def fmkit_data(self, run: Run, train: Sequence[Example]) -> list[Example]:
+        rng = random.Random(run.seed)
+        chosen = [e for e in train if rng.random() < self.options.share]
+        copies = [replace(e, words=[w.lower() for w in e.words]) if hasattr(e, "words")
+                  else replace(e, text=e.text.lower()) for e in chosen]
+        run.say(f"$name: {len(copies)} lower-cased copies join the {len(train)} training examples")
+        return [*train, *copies]
+''',
+        "settings": "",
+    },
     "fuse": {
         "summary": "The text-only task model, with dropout set by an option (replace with your fusion encoder).",
         "stdlib": "",
-        "imports": "from fmkit.model import TextModelBuilder\nfrom fmkit.types import Foundation, ModelBuilder, Run\n",
+        "imports": "Foundation, ModelBuilder, Run, TextModelBuilder, hookimpl",
         "helpers": '''
 
 class DropoutBuilder(TextModelBuilder):
@@ -135,7 +155,7 @@ class DropoutBuilder(TextModelBuilder):
         dropout: float = Field(0.2, ge=0, lt=1, description="dropout probability of every dropout layer")
 ''',
         "hooks": '''
-    @fmkit.hookimpl
+    @hookimpl
     def fmkit_fuse(self, run: Run, foundation: Foundation) -> ModelBuilder:
         return DropoutBuilder(foundation, run, self.options.dropout)
 ''',
@@ -144,14 +164,14 @@ class DropoutBuilder(TextModelBuilder):
     "adapt": {
         "summary": "Fine-tune with the bottom encoder layers frozen (a cheap regulariser for small data).",
         "stdlib": "from pathlib import Path\n",
-        "imports": "from fmkit.types import ModelBuilder, Run\n",
+        "imports": "ModelBuilder, Run, hookimpl",
         "helpers": "",
         "options": '''\
         frozen_layers: int = Field(2, ge=0, description="encoder layers, counted from the input, that keep "
                                    "their pretrained weights")
 ''',
         "hooks": '''
-    @fmkit.hookimpl
+    @hookimpl
     def fmkit_adapt(self, run: Run, model: Any) -> Any:
         from torch import nn
 
@@ -162,7 +182,7 @@ class DropoutBuilder(TextModelBuilder):
             layer.requires_grad_(False)
         return model
 
-    @fmkit.hookimpl
+    @hookimpl
     def fmkit_adapt_load(self, run: Run, builder: ModelBuilder, directory: Path) -> Any:
         return builder.load(directory)  # the whole model was saved: nothing to rebuild
 ''',
@@ -171,7 +191,7 @@ class DropoutBuilder(TextModelBuilder):
     "harden": {
         "summary": "Gaussian noise on the input embeddings: train on noisy batches, evaluate under a fresh draw.",
         "stdlib": "",
-        "imports": "from fmkit.evaluate import model_inputs\nfrom fmkit.train import task_loss\nfrom fmkit.types import Run\n",
+        "imports": "Run, hookimpl, model_inputs, task_loss",
         "helpers": '''
 
 class Noise:
@@ -201,7 +221,7 @@ class Noise:
                              "relative to the embeddings' own standard deviation")
 ''',
         "hooks": '''
-    @fmkit.hookimpl
+    @hookimpl
     def fmkit_harden(self, run: Run) -> Noise:
         return Noise(self.name, self.options.sigma)
 ''',
@@ -210,7 +230,7 @@ class Noise:
     "combine": {
         "summary": "A seed ensemble: members differ only in their seed; their probabilities are averaged.",
         "stdlib": "",
-        "imports": "from fmkit.evaluate import softmax_predictor\nfrom fmkit.types import Member, MemberSpec, Run\n",
+        "imports": "Member, MemberSpec, Run, hookimpl, softmax_predictor",
         "helpers": '''
 
 class Average:
@@ -230,11 +250,11 @@ class Average:
         members: int = Field(2, ge=1, description="number of members, seeded run.seed, run.seed + 1, ...")
 ''',
         "hooks": '''
-    @fmkit.hookimpl
+    @hookimpl
     def fmkit_combine(self, run: Run, fit: Any) -> Average:
         return Average([fit(MemberSpec(f"seed{i}", seed=run.seed + i)) for i in range(self.options.members)])
 
-    @fmkit.hookimpl
+    @hookimpl
     def fmkit_combine_load(self, run: Run, members: list[Member], state: dict[str, Any]) -> Average:
         return Average(members)
 ''',
@@ -248,16 +268,14 @@ TEST = '''\
 import json
 
 from fmkit.cli import main
-from fmkit.plugins import discover
 from fmkit.testing import FAST_TRAIN, make_tiny_model, write_ner_files
 
 SETTINGS = [*FAST_TRAIN, "train.epochs=4"$settings]
 
 
-def test_installed_and_valid():
-    info = discover()["$name"]
-    assert info.error is None, info.error
-    assert info.stage == "$stage"
+def test_installed_and_valid(capsys):
+    assert main(["plugins", "show", "$name"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("$name ($stage stage)")
 
 
 def test_run_train_save_eval(tmp_path):
@@ -291,7 +309,7 @@ def check_name(name: str, installed: set[str]) -> None:
 def render(name: str, stage: str) -> dict[str, str]:
     """The package's files, path -> text, for plugin ``name`` serving ``stage``."""
     import fmkit
-    from fmkit.plugins import STAGES
+    from fmkit.registry import STAGES
 
     if stage not in STAGES:
         raise FmkitError(f"new-plugin: no stage {stage!r}; the stages are {', '.join(STAGES)}")
@@ -300,9 +318,10 @@ def render(name: str, stage: str) -> dict[str, str]:
               "dist": f"fmkit-{name.replace('_', '-')}", "summary": code["summary"], "hook": STAGES[stage],
               "fmkit_version": fmkit.__version__, "options": code["options"]}
     values["settings"] = Template(code["settings"]).substitute(values)
-    module = (Template(MODULE_HEAD).substitute(values, stdlib=code["stdlib"], imports=code["imports"])
-              + Template(code["helpers"]).substitute(values)
-              + Template(PLUGIN_HEAD).substitute(values) + Template(code["hooks"]).substitute(values))
+    body = (Template(code["helpers"]).substitute(values)
+            + Template(PLUGIN_HEAD).substitute(values) + Template(code["hooks"]).substitute(values))
+    typing = "from typing import Any\n" if "Any" in body else ""
+    module = Template(MODULE_HEAD).substitute(values, stdlib=code["stdlib"], typing=typing, imports=code["imports"]) + body
     return {
         "pyproject.toml": Template(PYPROJECT).substitute(values),
         "README.md": Template(README).substitute(values),

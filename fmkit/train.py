@@ -35,6 +35,7 @@ def task_loss(logits: Any, batch: dict) -> Any:
 
 
 def forward_logits(model: Any, batch: dict) -> Any:
+    """The model's logits on a batch (only the keys a task model takes are passed)."""
     return model(**model_inputs(batch)).logits
 
 
@@ -98,134 +99,223 @@ def train(
     ``train.checkpoint_every`` steps). ``stop_after``: run only that many epochs of the schedule of
     ``settings.epochs`` (its warm-up and part of its decay), e.g. a trunk that members continue;
     ``start_after``: skip that many, for a model that was trained through them (such a member)."""
-    import torch
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
+    return Trainer(run, model, data, evaluate_dev, settings=settings, seed=seed, pad_id=pad_id, label=label,
+                   weights=weights, hardeners=hardeners, checkpoints=checkpoints, stop_after=stop_after,
+                   start_after=start_after).fit()
 
-    set_seed(seed)
-    accelerator = accelerator_for(settings.precision)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:  # nothing left to train (e.g. a head fitted in closed form): score it once
-        model.to(accelerator.device).eval()
-        dev = evaluate_dev(model)
-        return TrainReport(0, 0, dev[run.task.primary_metric], dev, 0.0, 0.0)
-    no_decay = [p for n, p in named if p.ndim < 2]
-    decay = [p for n, p in named if p.ndim >= 2]
-    # The fused kernel updates every tensor in one pass: on CPU the per-tensor default spends ~7x
-    # longer per step on a MiniLM (a quarter of a training step); the Trainer uses it too.
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for _, p in named)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr, fused=fused or None,
-    )
-    sampler = BucketBatchSampler(data.lengths, settings.batch_size, shuffle=True, seed=seed)
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=Collator(pad_id, weights))
-    total_steps = len(sampler) * settings.epochs
-    for group in optimizer.param_groups:  # what a scheduler started past step 0 (start_after) reads its peak from
-        group.setdefault("initial_lr", group["lr"])
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps,
-                                                last_epoch=len(sampler) * start_after - 1)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    backward_share = 1.0 / max(len(hardeners), 1)
-    unwrapped = accelerator.unwrap_model(model)
-    at, best_state, rng = Position(epoch=start_after + 1), None, None
-    restored = checkpoints.load(unwrapped, optimizer, scheduler, accelerator.process_index) if checkpoints else None
-    if restored is not None:
-        at, best_state, rng = restored
-        run.log("resume", member=label.strip(": ") or None, epoch=at.epoch, step=at.step)
-        if at.step == 0:  # else once the interrupted epoch's loader has drawn its seed, as it had then
-            set_rng_state(rng)
-            rng = None
-    start = Position(at.epoch, at.step)
 
-    def checkpoint() -> None:
-        if checkpoints is not None:
-            from accelerate.utils import gather_object
+class Trainer:
+    """One call of ``train``: ``__init__`` sets up (and resumes from a checkpoint), ``fit`` runs the
+    epochs, each a series of ``step`` calls closed by ``end_epoch``. Split so that each part reads alone;
+    the order of every RNG draw, optimizer and scheduler call is that of the one loop it was."""
 
-            states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
-            checkpoints.save(unwrapped, optimizer, scheduler, at, best_state, states)
+    def __init__(
+        self,
+        run: Run,
+        model: Any,
+        data: IndexedFeatures,
+        evaluate_dev: Callable[[Any], dict[str, Any]],
+        *,
+        settings: TrainConfig,
+        seed: int,
+        pad_id: int,
+        label: str = "",
+        weights: Sequence[float] | None = None,
+        hardeners: Sequence[Hardener] = (),
+        checkpoints: MemberCheckpoints | None = None,
+        stop_after: int | None = None,
+        start_after: int = 0,
+    ) -> None:
+        from accelerate.utils import set_seed
 
-    def backward(loss: Any) -> None:
-        accelerator.backward(loss * backward_share)
+        self.run, self.model, self.evaluate_dev, self.settings = run, model, evaluate_dev, settings
+        self.label, self.member = label, label.strip(": ") or None  # console prefix; the log's member field
+        self.hardeners, self.checkpoints = hardeners, checkpoints
+        self.stop_after, self.start_after = stop_after, start_after
+        set_seed(seed)
+        self.accelerator = accelerator_for(settings.precision)
+        self.trainable = [p for _, p in model.named_parameters() if p.requires_grad]
+        if self.trainable:  # else ``fit`` only scores the model
+            self._prepare(data, seed, pad_id, weights)
+            self._resume()
 
-    started = time.perf_counter()  # at.stepping: time in training steps only
-    epoch = at.epoch - 1
-    for epoch in range(at.epoch, (stop_after or settings.epochs) + 1):
-        if at.stopped:
-            break
-        sampler.set_epoch(epoch)
+    def _prepare(self, data: IndexedFeatures, seed: int, pad_id: int, weights: Sequence[float] | None) -> None:
+        """AdamW (no decay on biases and norms), length-bucketed batches and a linear schedule that a
+        model trained through ``start_after`` epochs joins where it left off; then Accelerate's wrapping."""
+        import torch
+        from torch.utils.data import DataLoader
+        from transformers import get_linear_schedule_with_warmup
+
+        settings, accelerator = self.settings, self.accelerator
+        no_decay = [p for p in self.trainable if p.ndim < 2]
+        decay = [p for p in self.trainable if p.ndim >= 2]
+        # The fused kernel updates every tensor in one pass: on CPU the per-tensor default spends ~7x
+        # longer per step on a MiniLM (a quarter of a training step); the Trainer uses it too.
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in self.trainable)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=settings.lr, fused=fused or None,
+        )
+        self.sampler = BucketBatchSampler(data.lengths, settings.batch_size, shuffle=True, seed=seed)
+        loader = DataLoader(data, batch_sampler=self.sampler, collate_fn=Collator(pad_id, weights))
+        total_steps = len(self.sampler) * settings.epochs
+        for group in optimizer.param_groups:  # what a scheduler started past step 0 (start_after) reads its peak from
+            group.setdefault("initial_lr", group["lr"])
+        scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total_steps),
+                                                    total_steps, last_epoch=len(self.sampler) * self.start_after - 1)
+        self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
+            self.model, optimizer, loader, scheduler)
+        self.backward_share = 1.0 / max(len(self.hardeners), 1)  # each hardener's part of a step's gradient
+        self.unwrapped = accelerator.unwrap_model(self.model)
+
+    def _resume(self) -> None:
+        """Continue from the last checkpoint, if any. Its RNG states are restored at once at an epoch
+        boundary; mid-epoch only at the first batch after the skipped ones (``self.rng``), once the
+        interrupted epoch's loader has drawn its seed, as it had then."""
+        self.position, self.best_state, self.rng = Position(epoch=self.start_after + 1), None, None
+        checkpoints = self.checkpoints
+        restored = None if checkpoints is None else checkpoints.load(
+            self.unwrapped, self.optimizer, self.scheduler, self.accelerator.process_index)
+        if restored is not None:
+            self.position, self.best_state, self.rng = restored
+            self.run.log("resume", member=self.member, epoch=self.position.epoch, step=self.position.step)
+            if self.position.step == 0:
+                set_rng_state(self.rng)
+                self.rng = None
+        self.start = Position(self.position.epoch, self.position.step)  # batches done before an interruption
+
+    def fit(self) -> TrainReport:
+        """Run the remaining epochs (of ``stop_after``, or all), stopping early when patience runs out;
+        leave the best epoch's weights in the model, in eval mode."""
+        if not self.trainable:
+            return self._score_untrained()
+        position = self.position
+        started = time.perf_counter()  # position.stepping: time in training steps only
+        epoch = position.epoch - 1  # what ``epochs_run`` counts from when no epoch is left to run
+        for epoch in range(position.epoch, (self.stop_after or self.settings.epochs) + 1):
+            if position.stopped:
+                break
+            self.train_epoch(epoch)
+            self.end_epoch(epoch)
+            if position.stopped:
+                break
+        self.restore_best()
+        seconds = time.perf_counter() - started
+        self.unwrapped.eval()
+        return TrainReport(epoch - self.start_after, position.best_epoch, position.best_score, position.best_dev,
+                           seconds, position.seen / position.stepping if position.stepping else 0.0)
+
+    def _score_untrained(self) -> TrainReport:
+        """Nothing left to train (e.g. a head fitted in closed form): score the model once."""
+        self.model.to(self.accelerator.device).eval()
+        dev = self.evaluate_dev(self.model)
+        return TrainReport(0, 0, dev[self.run.task.primary_metric], dev, 0.0, 0.0)
+
+    def train_epoch(self, epoch: int) -> None:
+        """The batches of ``epoch``, less those done before an interruption; ``self.clock`` marks when
+        the current stretch of training steps began (checkpoint writing does not count)."""
+        from tqdm.auto import tqdm
+
+        settings, accelerator, loader = self.settings, self.accelerator, self.loader
+        self.sampler.set_epoch(epoch)
         loader.set_epoch(epoch)  # the prepared loader re-seeds the sampler with its own epoch count otherwise
-        skip = start.step if epoch == start.epoch else 0  # batches done before an interruption
-        model.train()
-        bar = tqdm(accelerator.skip_first_batches(loader, skip) if skip else loader,
-                   desc=f"{label}epoch {epoch}/{settings.epochs}", leave=False, initial=skip, total=len(loader),
-                   disable=True if not (settings.progress and accelerator.is_main_process) else None,  # None: off without a TTY
-                   dynamic_ncols=True)
-        epoch_start = time.perf_counter()
-        for step, batch in enumerate(bar, start=skip):
-            if rng is not None:
-                set_rng_state(rng)
-                rng = None
-            if hardeners:
-                loss = sum(h.train_step(model, batch, backward) for h in hardeners) * backward_share
-            else:
-                loss = task_loss(forward_logits(model, batch), batch)
-                accelerator.backward(loss)
-            norm = accelerator.clip_grad_norm_([p for _, p in named], settings.max_grad_norm)
-            loss_value = float(loss.detach())
-            finite = _all_finite(accelerator, loss_value, norm)
-            if finite:
-                optimizer.step()
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            at.seen += len(batch["input_ids"])
-            at.epoch, at.step, at.steps_done = epoch, step + 1, at.steps_done + 1
-            if finite:
-                at.loss = loss_value
-                rate = at.seen / (at.stepping + time.perf_counter() - epoch_start)
-                bar.set_postfix(loss=f"{loss_value:.4f}", sent_s=f"{rate:.0f}")
-                run.log("step", member=label.strip(": ") or None, epoch=epoch, step=step + 1,
-                        loss=round(loss_value, 5), lr=scheduler.get_last_lr()[0])
-            else:
-                _non_finite(run, settings, label, at, loss_value, checkpoints)
-            if settings.checkpoint_every and at.steps_done % settings.checkpoint_every == 0 and step + 1 < len(loader):
-                at.stepping += time.perf_counter() - epoch_start
-                epoch_start = time.perf_counter()
-                checkpoint()
-        at.stepping += time.perf_counter() - epoch_start
-        model.eval()  # dev scores select the epoch: no dropout while scoring
-        dev = evaluate_dev(accelerator.unwrap_model(model))
-        score = dev[run.task.primary_metric]
-        loss_value = at.loss
-        run.log("epoch", member=label.strip(": ") or None, epoch=epoch,
-                **{k: v for k, v in dev.items() if k != "report"})
-        if accelerator.is_main_process:
+        skip = self.start.step if epoch == self.start.epoch else 0
+        self.model.train()
+        shown = settings.progress and accelerator.is_main_process
+        self.bar = tqdm(accelerator.skip_first_batches(loader, skip) if skip else loader,
+                        desc=f"{self.label}epoch {epoch}/{settings.epochs}", leave=False, initial=skip,
+                        total=len(loader), disable=True if not shown else None,  # None: off without a TTY
+                        dynamic_ncols=True)
+        self.clock = time.perf_counter()
+        for index, batch in enumerate(self.bar, start=skip):
+            if self.rng is not None:  # resumed mid-epoch: the RNG states as they were after this many batches
+                set_rng_state(self.rng)
+                self.rng = None
+            self.step(epoch, index, batch)
+        self.position.stepping += time.perf_counter() - self.clock
+
+    def step(self, epoch: int, index: int, batch: dict) -> None:
+        """Batch ``index`` (from 0) of ``epoch``: gradients through the hardeners or the clean loss,
+        clipped, applied only when finite (else ``_non_finite`` skips or stops); a log line; and a
+        checkpoint every ``train.checkpoint_every`` steps, except after an epoch's last batch."""
+        accelerator, optimizer, scheduler, position = self.accelerator, self.optimizer, self.scheduler, self.position
+        if self.hardeners:
+            loss = sum(h.train_step(self.model, batch, self._backward) for h in self.hardeners) * self.backward_share
+        else:
+            loss = task_loss(forward_logits(self.model, batch), batch)
+            accelerator.backward(loss)
+        norm = accelerator.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
+        loss_value = float(loss.detach())
+        finite = _all_finite(accelerator, loss_value, norm)
+        if finite:
+            optimizer.step()
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        position.seen += len(batch["input_ids"])
+        position.epoch, position.step, position.steps_done = epoch, index + 1, position.steps_done + 1
+        if finite:
+            position.loss = loss_value
+            rate = position.seen / (position.stepping + time.perf_counter() - self.clock)
+            self.bar.set_postfix(loss=f"{loss_value:.4f}", sent_s=f"{rate:.0f}")
+            self.run.log("step", member=self.member, epoch=epoch, step=index + 1, loss=round(loss_value, 5),
+                         lr=scheduler.get_last_lr()[0])
+        else:
+            _non_finite(self.run, self.settings, self.label, position, loss_value, self.checkpoints)
+        every = self.settings.checkpoint_every
+        if every and position.steps_done % every == 0 and index + 1 < len(self.loader):
+            position.stepping += time.perf_counter() - self.clock
+            self.clock = time.perf_counter()
+            self.save_checkpoint()
+
+    def _backward(self, loss: Any) -> None:
+        """What hardeners call for each of their losses: its share of the step's gradient."""
+        self.accelerator.backward(loss * self.backward_share)
+
+    def end_epoch(self, epoch: int) -> None:
+        """Score ``epoch`` on dev (no dropout: the scores select the epoch), log and show it, keep the
+        weights of the best epoch so far, count patience, and checkpoint the state after it."""
+        position, primary = self.position, self.run.task.primary_metric
+        self.model.eval()
+        dev = self.evaluate_dev(self.accelerator.unwrap_model(self.model))
+        score = dev[primary]
+        self.run.log("epoch", member=self.member, epoch=epoch, **{k: v for k, v in dev.items() if k != "report"})
+        if self.accelerator.is_main_process:
             from fmkit.console import info
 
-            info(f"{label}epoch {epoch}/{settings.epochs}: loss {loss_value:.4f}, dev {run.task.primary_metric} {score:.4f}"
-                 + (" *" if score > at.best_score else ""))
-        if score > at.best_score:
-            at.best_score, at.best_epoch, at.best_dev, at.stale = score, epoch, dev, 0
-            best_state = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+            info(f"{self.label}epoch {epoch}/{self.settings.epochs}: loss {position.loss:.4f}, "
+                 f"dev {primary} {score:.4f}" + (" *" if score > position.best_score else ""))
+        if score > position.best_score:
+            position.best_score, position.best_epoch, position.best_dev, position.stale = score, epoch, dev, 0
+            self.best_state = {n: p.detach().clone() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
         else:
-            at.stale += 1
-            at.stopped = bool(settings.patience and at.stale >= settings.patience)
-        at.epoch, at.step = epoch + 1, 0
-        checkpoint()
-        if at.stopped:
-            break
-    accelerator.free_memory()  # drop Accelerate's references to this member's optimizer and loader
-    if best_state is not None:
+            position.stale += 1
+            position.stopped = bool(self.settings.patience and position.stale >= self.settings.patience)
+        position.epoch, position.step = epoch + 1, 0
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        """The state after ``self.position``, with every process's RNG states (a no-op without checkpoints)."""
+        if self.checkpoints is None:
+            return
+        states = [rng_state()]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            states = gather_object(states)
+        self.checkpoints.save(self.unwrapped, self.optimizer, self.scheduler, self.position, self.best_state, states)
+
+    def restore_best(self) -> None:
+        """Put the best epoch's weights back, after dropping Accelerate's references to this member's
+        optimizer and loader (their memory goes before the next member's is taken)."""
+        import torch
+
+        self.accelerator.free_memory()
+        if self.best_state is None:
+            return
         with torch.no_grad():
-            for n, p in unwrapped.named_parameters():
-                if n in best_state:
-                    p.copy_(best_state[n])
-    seconds = time.perf_counter() - started
-    unwrapped.eval()
-    return TrainReport(epoch - start_after, at.best_epoch, at.best_score, at.best_dev, seconds,
-                       at.seen / at.stepping if at.stepping else 0.0)
+            for n, p in self.unwrapped.named_parameters():
+                if n in self.best_state:
+                    p.copy_(self.best_state[n])
 
 
 def _all_finite(accelerator: Any, loss: float, grad_norm: Any) -> bool:

@@ -6,14 +6,17 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, Union, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from fmkit.config import RunConfig
-    from fmkit.data import TaskData
+    from fmkit.data.readers import Sentence, TextExample
+
+Example = Union["Sentence", "TextExample"]
+"""One labelled (or unlabelled) input: a ``Sentence`` of words and tags for ``ner``, a ``TextExample`` otherwise."""
 
 Batch = dict[str, "torch.Tensor"]
 """A padded batch: ``input_ids``, ``attention_mask`` (+ ``token_type_ids``), ``labels`` when known,
@@ -39,6 +42,21 @@ class Task:
     def primary_metric(self) -> str:
         """The dev score that selects the best epoch (and that ensembles compare)."""
         return "f1" if self.kind == "ner" else "accuracy"
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The examples of each split, gold labels as strings (what metrics compare). Read-only: the data
+    stage is the one place where training rows change (``fmkit_data``); dev and test never do."""
+
+    train: tuple[Example, ...]
+    dev: tuple[Example, ...]
+    test: tuple[Example, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for split in ("train", "dev", "test"):
+            object.__setattr__(self, split, tuple(getattr(self, split)))
 
 
 @dataclass
@@ -76,6 +94,25 @@ class Hardener(Protocol):
         """Logits of ``model`` on the adversarially perturbed batch (for robust evaluation)."""
 
 
+@runtime_checkable
+class SharedBackbone(Protocol):
+    """What the adapt stage offers (``fmkit_adapt_share``) when ensemble members can share one frozen
+    backbone: each member is then only its own trainable part (an adapter and its head) on that
+    backbone, so k members cost one backbone's memory, not k. The models it returns carry it as
+    their ``shared_backbone`` attribute."""
+
+    def add(self, name: str, seed: int, copy_of: nn.Module | None = None) -> nn.Module:
+        """A new member called ``name`` on the backbone: its trainable part initialised with ``seed``,
+        or copied from ``copy_of`` (a member on this backbone, or the model the backbone was made from)."""
+
+    def load(self, name: str, directory: Path) -> nn.Module:
+        """A member saved in ``directory`` (by its own ``save_pretrained``), put on this backbone."""
+
+    def probabilities(self, models: Sequence[nn.Module], batch: Batch) -> torch.Tensor | None:
+        """(members, batch, [tokens,] classes) in fewer passes than one per member, or None when these
+        members cannot be batched (the core then runs them one by one)."""
+
+
 @dataclass
 class MemberSpec:
     """One member for ``fit``: which training rows (with repeats, for bootstraps), loss weights, seed."""
@@ -87,8 +124,7 @@ class MemberSpec:
     options: dict[str, Any] = field(default_factory=dict)  # overrides of train.* for this member
     stop_after: int | None = None  # train only this many epochs of the member's schedule (e.g. a soup's trunk)
     start_after: int = 0  # skip this many epochs of it: the model was trained through them (a soup's member)
-    model: Any = None  # a prepared model to train instead of a fresh ``fit.model(seed)`` (e.g. one more
-    # adapter on a backbone that earlier members share, or a copy of a common start for a soup)
+    model: Any = None  # the model to train, from ``fit.new_model``; None: a fresh one seeded with ``seed``
 
 
 @dataclass
@@ -128,13 +164,28 @@ class Ensemble(Protocol):
 
 
 class Run:
-    """The context every hook receives: resolved config, task, data and the run directory."""
+    """The context every hook receives, and what travels between stages (and to Ray workers).
 
-    def __init__(self, config: RunConfig, task: Task, data: TaskData | None, directory: Path | None):
+    ``config`` is the resolved config, ``task`` what is learned, ``directory`` where the run is being
+    written (None when a saved run is loaded for eval/predict). The core fills in the rest as the run
+    goes: ``foundation`` after the pretrain stage, ``data`` (read-only) after the data stage.
+    ``plugin_state`` holds what a plugin computes in one stage for a later one, under its own name
+    (e.g. a teacher's soft targets): never keep such values on the plugin instance, because a Ray
+    worker rebuilds the run from this object, not from the driver's plugins. ``hook`` calls any stage
+    of this run's plugins through pluggy (``run.hook.fmkit_adapt_merge(run=run, model=m)``), as
+    pytest plugins use ``config.hook``.
+    """
+
+    def __init__(self, config: RunConfig, task: Task, data: TaskData | None, directory: Path | None, *,
+                 foundation: Foundation | None = None, hook: Any = None,
+                 plugin_state: dict[str, Any] | None = None):
         self.config = config
         self.task = task
         self.data = data
-        self.directory = directory  # None when loading a saved run for eval/predict
+        self.directory = directory
+        self.foundation = foundation
+        self.hook = hook
+        self.plugin_state: dict[str, Any] = plugin_state if plugin_state is not None else {}
         self._log_lines: list[str] = []
         self._start = time.time()
         self.notes: list[str] = []

@@ -33,7 +33,9 @@ MIN_SCORE = {"probe": 0.3}  # a frozen random backbone is a weak feature extract
 INCOMPATIBLE: dict[tuple[str, ...], str] = {
     ("adapter", "probe"): "fmkit: error: plugins 'adapter' and 'probe' both serve the adapt stage, which takes one",
     ("concat", "task=ner"): "fmkit: error: plugin 'concat' fuses modalities: use it with --task multimodal",
-    ("adapter", "soup", "adapter.method=prompt"): "fmkit: error: soup averages weights, but adapter.method=prompt",
+    ("adapter", "soup", "adapter.method=prompt"): "fmkit: error: plugin 'soup' requires members whose training folds "
+                                                  "into plain model weights ('merge'), which none of hf, adapter "
+                                                  "(adapter.method=prompt) provides",
 }
 
 
@@ -54,7 +56,7 @@ def cell_files(cell: str, ner_files: dict, directory) -> dict:
     """The cell's data: the tiny NER files, or the synthetic two-modality task when it fuses."""
     if not FUSE & set(plugins_of(cell)):
         return ner_files
-    from fmkit_fusion.synthetic import write
+    from fmkit_fuse.synthetic import write
 
     return write(directory, {"train": 160, "dev": 40, "test": 40}, seed=0, features=2)
 
@@ -103,7 +105,7 @@ def test_known_incompatible_combinations_fail_clearly(case, ner_files, tiny_mode
 
 def test_a_broken_plugin_package_is_reported_and_harmless(capsys):
     """tox's `broken` environment installs tests/fixtures/broken-plugin, whose module cannot import."""
-    from fmkit.plugins import discover
+    from fmkit.registry import discover
 
     broken = discover().get("broken_fixture")
     assert broken is not None, "tests/fixtures/broken-plugin is not installed in this environment"

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import fmkit
 from fmkit.config import build_config, read_config_file
 from fmkit.errors import FmkitError
-from fmkit.plugins import PluginInfo, discover, select
+from fmkit.registry import PluginInfo, discover, select
 
 INSTALLED = {"hf", "full", "fake_pgd"}
 
@@ -147,8 +147,10 @@ def test_selection_errors(plugins, settings, message):
         select(config_with(plugins, settings), fake_available())
 
 
-def test_a_broken_entry_point_is_reported_not_fatal(monkeypatch):
+def test_a_broken_entry_point_is_reported_not_fatal(monkeypatch, request):
     from importlib import metadata
+
+    from fmkit.registry import refresh
 
     class BrokenEntryPoint:
         name, value, group = "broken", "broken_pkg:Plugin", "fmkit"
@@ -163,6 +165,8 @@ def test_a_broken_entry_point_is_reported_not_fatal(monkeypatch):
         return list(real(group=group)) + [BrokenEntryPoint()]
 
     monkeypatch.setattr(metadata, "entry_points", entry_points)
+    refresh()  # discovery is read once per process
+    request.addfinalizer(refresh)
     found = discover()
     assert found["broken"].cls is None and "No module named 'broken_pkg'" in found["broken"].error
     assert found["hf"].cls is not None and found["full"].cls is not None
@@ -178,11 +182,11 @@ def test_importing_fmkit_and_listing_plugins_imports_no_torch():
 
 
 def test_plugins_bring_training_defaults_the_user_did_not_set():
-    from fmkit.pipeline import apply_train_defaults
+    from fmkit.registry import with_train_defaults
 
     def effective(*settings: str):
         config = build_config({}, {"plugins": ["adapter", "bagging"]}, list(settings), set(discover()))
-        return apply_train_defaults(config, select(config)).train
+        return with_train_defaults(config, select(config)).train
 
     train = effective()
     assert (train.lr, train.epochs, train.batch_size) == (2e-3, 2, 8)  # adapter's LoRA rate; short members

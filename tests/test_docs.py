@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import fmkit.hookspecs
-from fmkit.plugins import _contract_problem
+from fmkit.registry import _contract_problem
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

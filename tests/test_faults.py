@@ -19,7 +19,7 @@ import pytest
 
 from fmkit.checkpoint import RunCheckpoints
 from fmkit.cli import main
-from tests.conftest import FAST_TRAIN
+from fmkit.testing import FAST_TRAIN
 
 QUICK = [*FAST_TRAIN, "train.epochs=3", "data.limit=96", "train.checkpoint_every=2"]  # 6 steps an epoch, 18 in all
 STEPS = 18

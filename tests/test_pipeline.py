@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fmkit.cli import main
-from tests.conftest import FAST_TRAIN
+from fmkit.testing import FAST_TRAIN
 
 
 def run_cli(*args: str) -> int:

@@ -126,7 +126,7 @@ def test_new_plugin_package_passes_its_own_test(installed):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["new-plugin", "Mix-Out"], "'Mix-Out' is not a valid plugin name"),
-    (["new-plugin", "mixout", "--stage", "finetune"], "no stage 'finetune'; the stages are pretrain, fuse, adapt"),
+    (["new-plugin", "mixout", "--stage", "finetune"], "no stage 'finetune'; the stages are pretrain, data, fuse, adapt"),
     (["new-plugin", "full"], "a plugin named 'full' is already installed"),
     (["new-plugin", "mixout", "--directory", "{existing}"], "already exists; choose another folder"),
 ])

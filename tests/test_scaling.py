@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fmkit.cli import main
-from tests.conftest import FAST_TRAIN
+from fmkit.testing import FAST_TRAIN
 
 
 def settings(*extra: str) -> list[str]:
@@ -86,9 +86,9 @@ def test_ray_members_match_sequential_ones(tiny_model, ner_files, tmp_path):
 
 
 def test_ray_executor_without_ray_says_what_to_install(tiny_model, tmp_path, monkeypatch, capsys):
-    import fmkit.executors
+    import fmkit.members
 
-    monkeypatch.setattr(fmkit.executors, "find_spec", lambda name: None)
+    monkeypatch.setattr(fmkit.members, "find_spec", lambda name: None)
     assert main(["run", "--executor", "ray", "--model", str(tiny_model), "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == "fmkit: error: --executor ray needs Ray, which is not installed: pip install 'fmkit[ray]'\n"

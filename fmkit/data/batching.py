@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from fmkit.data.encode import IGNORE, Feature
 
@@ -102,3 +102,17 @@ class IndexedFeatures:
     @property
     def lengths(self) -> list[int]:
         return [len(self.features[r]) for r in self.rows]
+
+
+def prediction_batches(features: Sequence[Feature], batch_size: int, pad_id: int,
+                       device: Any = None) -> Iterator[tuple[list[int], dict]]:
+    """The features in length-sorted batches padded to their own longest, on ``device``, each with the
+    positions in ``features`` of its rows: how every split is scored, by the core and by plugins
+    that read what a model computes (cached features, per-modality reports)."""
+    dataset = IndexedFeatures(features)
+    collate = Collator(pad_id)
+    for indices in BucketBatchSampler(dataset.lengths, batch_size, shuffle=False):
+        batch = collate([dataset[i] for i in indices])
+        if device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
+        yield indices, batch

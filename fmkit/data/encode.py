@@ -37,6 +37,8 @@ def _quiet(tokenizer: Any) -> None:
 
 
 def encode(task: Task, examples: Sequence, tokenizer: Any, max_length: int) -> list[Feature]:
+    """The model inputs of ``examples`` as the core encodes a split: NER windows labelled on each word's
+    first sub-token, texts truncated to ``max_length``, multimodal arrays attached."""
     if task.kind == "ner":
         return encode_ner(examples, tokenizer, task.label2id, max_length)
     features = encode_texts(examples, tokenizer, task.label2id, max_length)

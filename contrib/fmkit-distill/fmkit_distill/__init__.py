@@ -10,9 +10,11 @@ student's first sub-token of that word, so teacher and student may use different
 predictions as labels, so the student learns the teacher beyond the teacher's own training rows, where its soft
 targets carry little more than the gold labels.
 
-It uses fmkit's public API only. The adapt stage decides what trains but not the loss, so besides its own
-hook the plugin implements two others: a pretrain continuation that notes the student's tokenizer as the
-foundation passes, and a harden hook whose loss-only Hardener (``attack = None``) trains on the soft targets.
+It uses fmkit's public API (``fmkit.plugin``) only. The adapt stage decides what trains but not the loss, so
+besides its own hook the plugin implements two others: the data stage, where the teacher scores the training
+rows (and labels the transfer set, whose rows join them), and the harden stage, whose loss-only Hardener
+(``attack = None``) trains on those soft targets. The soft targets travel from one to the other in
+``run.plugin_state["distill"]``, so a Ray worker that trains a member has them too.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-import fmkit
-from fmkit.config import describe_validation_error
-from fmkit.errors import FmkitError
-from fmkit.types import Foundation, ModelBuilder, Run, Task
+from fmkit.plugin import (Example, FmkitError, ModelBuilder, Run, Task, create_plugin, encode, example_probs,
+                          forward_logits, hookimpl, labels_from_probs, load_run, load_task_data, read_unlabeled,
+                          softmax_predictor, task_loss)
 
 
 class Distill:
@@ -56,20 +57,11 @@ class Distill:
                                                         "labels. Inputs identical to a training example are skipped")
 
     def __init__(self, options: Options):
-        from fmkit.plugins import discover, lookup
-
         self.options = options
-        info = lookup(options.student, discover())
-        if info.stage != "adapt" or info.name == self.name:
+        if options.student == self.name:
             raise FmkitError(f"distill.student: {options.student!r} is not another adapt plugin (e.g. full, adapter)")
-        try:
-            student_options = info.cls.Options.model_validate(options.student_options)
-        except ValidationError as exc:
-            raise FmkitError(describe_validation_error(exc, prefix="distill.student_options",
-                                                       model=info.cls.Options)) from None
-        self.student = info.cls(student_options)
-        self.student.name, self.student.stage = info.name, info.stage
-        self.foundation: Foundation | None = None
+        self.student = create_plugin(options.student, options.student_options, stage="adapt",
+                                     option="distill.student", options_option="distill.student_options")
 
     @property
     def train_defaults(self) -> dict[str, Any]:
@@ -83,27 +75,41 @@ class Distill:
         if callable(getattr(self.student, "check", None)):
             self.student.check(config)
 
-    @fmkit.hookimpl(wrapper=True)
-    def fmkit_pretrain(self, run: Run) -> Any:
-        self.foundation = yield  # the student's tokenizer: its windows are what the soft targets are matched to
-        return self.foundation
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset(getattr(self.student, "provides", ()))
 
-    @fmkit.hookimpl
+    @hookimpl
+    def fmkit_data(self, run: Run, train: Sequence[Example]) -> list[Example]:
+        """The teacher scores the training rows and labels the transfer set, whose rows join them: they are then
+        trained on like the labelled ones (and count in the head's label prior)."""
+        transfer = [] if self.options.transfer is None else transfer_set(run, train, self.options.transfer)
+        probs = teacher_probabilities(run, train, Path(self.options.teacher), self.options.out_of_bag, transfer)
+        run.plugin_state[self.name] = probs  # for the harden hook, in this process or a Ray worker
+        return [*train, *labelled_by_teacher(run.task, transfer, probs[len(train):])]
+
+    @hookimpl
     def fmkit_adapt(self, run: Run, model: Any) -> Any:
         return self.student.fmkit_adapt(run=run, model=model)
 
-    @fmkit.hookimpl
+    @hookimpl
     def fmkit_adapt_load(self, run: Run, builder: ModelBuilder, directory: Path) -> Any:
         return self.student.fmkit_adapt_load(run=run, builder=builder, directory=directory)
 
-    @fmkit.hookimpl
+    @hookimpl
+    def fmkit_adapt_share(self, run: Run, model: Any) -> Any:
+        return self.student.fmkit_adapt_share(run=run, model=model) if hasattr(self.student, "fmkit_adapt_share") else None
+
+    @hookimpl
+    def fmkit_adapt_merge(self, run: Run, model: Any) -> Any:
+        return self.student.fmkit_adapt_merge(run=run, model=model) if hasattr(self.student, "fmkit_adapt_merge") else model
+
+    @hookimpl
     def fmkit_harden(self, run: Run) -> SoftTargets:
-        """Runs before the core encodes the training split, so the transfer examples appended here are trained on
-        like the labelled ones (and count in the head's label prior)."""
-        transfer = [] if self.options.transfer is None else transfer_set(run, self.options.transfer)
-        probs = teacher_probabilities(run, Path(self.options.teacher), self.options.out_of_bag, transfer)
-        run.data.train.extend(labelled_by_teacher(run.task, transfer, probs[len(run.data.train):]))
-        return SoftTargets(run, self.foundation.tokenizer, probs, self.options.alpha, self.options.temperature)
+        """The distillation loss on the soft targets the data stage computed, matched to the windows of the
+        student's tokenizer (``run.foundation``)."""
+        return SoftTargets(run, run.foundation.tokenizer, run.plugin_state[self.name], self.options.alpha,
+                           self.options.temperature)
 
 
 def model_input(example: Any) -> tuple:
@@ -112,24 +118,22 @@ def model_input(example: Any) -> tuple:
     return tuple(words) if words is not None else (example.text, example.text_pair)
 
 
-def transfer_set(run: Run, path: Path) -> list:
+def transfer_set(run: Run, train: Sequence[Example], path: Path) -> list:
     """The unlabelled examples of ``path``, less those whose input the student already trains on (a training
     example, or an earlier one of the file): a repeat would count twice in the loss. A file that cannot be
     read is a one-line error naming the option; the readers' own messages give the file and line."""
-    from fmkit.data import read_unlabeled
-
     try:
         examples = read_unlabeled(run.config, path)
     except FmkitError as exc:
         raise FmkitError(f"distill.transfer: {exc}") from None
-    seen = {model_input(e) for e in run.data.train}
+    seen = {model_input(e) for e in train}
     kept = []
     for example in examples:
         if model_input(example) not in seen:
             seen.add(model_input(example))
             kept.append(example)
     skipped = len(examples) - len(kept)
-    run.say(f"distill: transfer set {path}: {len(kept):,} examples join the {len(run.data.train):,} training "
+    run.say(f"distill: transfer set {path}: {len(kept):,} examples join the {len(train):,} training "
             f"examples, labelled by the teacher; {skipped:,} skipped (the same input as a training example or an "
             "earlier one of the file)")
     run.log("distill_transfer", file=str(path), added=len(kept), skipped=skipped)
@@ -141,25 +145,20 @@ def labelled_by_teacher(task: Task, examples: Sequence[Any], probs: list[Any]) -
     its hard labels there; on ner decoded as the core decodes predictions, so the tags form valid spans."""
     from dataclasses import replace
 
-    from fmkit.evaluate import labels_from_probs
-
     field = "tags" if task.kind == "ner" else "label"
     return [replace(e, **{field: labels}) for e, labels in zip(examples, labels_from_probs(task, probs))]
 
 
-def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False,
+def teacher_probabilities(run: Run, examples: Sequence[Example], directory: Path, out_of_bag: bool = False,
                           transfer: Sequence[Any] = ()) -> list[Any]:
     """The teacher's probabilities for each training example of the student's run, then for each ``transfer``
     example (scored by the whole teacher: no member trained on them), in the student's label order: (words,
     classes) per sentence for ner, (classes,) per text for classify."""
     import numpy as np
 
-    from fmkit.evaluate import example_probs, softmax_predictor
-    from fmkit.pipeline import load
-
     if not (directory / "config.json").is_file():
         raise FmkitError(f"distill.teacher: {directory} is not a run directory (no config.json)")
-    teacher = load(directory)
+    teacher = load_run(directory)
     task = teacher.run.task
     if task.kind != run.task.kind:
         raise FmkitError(f"distill.teacher: {directory} is a {task.kind} run; this run's task is {run.task.kind}")
@@ -168,13 +167,12 @@ def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False,
         raise FmkitError(f"distill.teacher: the teacher never predicts {', '.join(missing)} (its labels: "
                          f"{', '.join(task.labels)}); train it on the same data and scheme")
     columns = [task.labels.index(label) for label in run.task.labels]
-    examples = run.data.train
     members = teacher.ensemble.members
     device = next(members[0].model.parameters()).device
 
     def score(predict: Any, split: str, rows: Sequence[Any]) -> list[Any]:
-        return example_probs(task, teacher.prepared.encode(split, rows), len(rows), predict,
-                             teacher.run.config.train.eval_batch_size, teacher.prepared.pad_id, device)
+        return example_probs(task, teacher.scorer.encode(split, rows), len(rows), predict,
+                             teacher.run.config.train.eval_batch_size, teacher.scorer.pad_id, device)
 
     how = ""
     if out_of_bag:
@@ -197,8 +195,6 @@ def teacher_probabilities(run: Run, directory: Path, out_of_bag: bool = False,
 def out_of_bag_members(teacher: Any, examples: list, directory: Path) -> list[list[int]]:
     """For each of the student's training examples, the teacher members that never trained on it (all of
     them where every member did). Examples are matched to the teacher's training rows by content."""
-    from fmkit.data import load_task_data
-
     members = teacher.ensemble.members
     if len(members) < 2 or any(m.spec.indices is None for m in members):
         raise FmkitError(f"distill.out_of_bag: the teacher {directory} did not record which rows each member trained "
@@ -226,8 +222,6 @@ class SoftTargets:
 
     def __init__(self, run: Run, tokenizer: Any, probs: list[Any], alpha: float, temperature: float):
         import numpy as np
-
-        from fmkit.data.encode import encode
 
         self.name, self.kind = "distill", run.task.kind
         self.alpha, self.temperature = alpha, temperature
@@ -263,8 +257,6 @@ class SoftTargets:
     def loss(self, logits: Any, batch: dict) -> Any:
         import torch
 
-        from fmkit.train import task_loss
-
         targets, mask = self.targets(batch, logits.shape[-1])
         student = torch.log_softmax(logits.float().reshape(len(mask), -1, logits.shape[-1]) / self.temperature, dim=-1)
         kl = (targets * (torch.log(targets.clamp(min=1e-12)) - student)).sum(dim=-1)  # 0 where mask is 0
@@ -272,8 +264,6 @@ class SoftTargets:
         return self.alpha * task_loss(logits, batch) + (1 - self.alpha) * self.temperature ** 2 * soft
 
     def train_step(self, model: Any, batch: dict, backward: Any) -> Any:
-        from fmkit.train import forward_logits
-
         loss = self.loss(forward_logits(model, batch), batch)
         backward(loss)
         return loss.detach()

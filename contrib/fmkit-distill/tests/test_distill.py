@@ -74,11 +74,10 @@ def test_student_learns_from_teacher(setup, teacher_plugins):
 
 
 def test_out_of_bag_targets_come_from_the_members_that_never_trained_on_the_example(setup, capsys):
-    from fmkit.data import load_task_data
-    from fmkit.pipeline import load
+    from fmkit.plugin import load_run, load_task_data
     from fmkit_distill import out_of_bag_members
 
-    teacher = load(teacher_run(setup, "bagging"))
+    teacher = load_run(teacher_run(setup, "bagging"))
     examples = load_task_data(teacher.run.config)[1].train
     chosen = out_of_bag_members(teacher, examples, setup["runs"] / "teacher-bagging")
     samples = [set(m.spec.indices) for m in teacher.ensemble.members]
@@ -124,12 +123,8 @@ def training_lines(setup) -> list[str]:
 def test_transfer_examples_join_the_training_rows_with_the_teachers_labels(setup, tmp_path):
     from transformers import AutoTokenizer
 
-    from fmkit.config import RunConfig
-    from fmkit.data import load_task_data
-    from fmkit.data.encode import encode
-    from fmkit.pipeline import load
+    from fmkit.plugin import Foundation, Run, RunConfig, TaskData, encode, load_run, load_task_data
     from fmkit.testing import write_conll
-    from fmkit.types import Foundation, Run
     from fmkit_distill import Distill
 
     fresh = transfer_sentences(setup, 30)
@@ -140,24 +135,26 @@ def test_transfer_examples_join_the_training_rows_with_the_teachers_labels(setup
     data = setup["data"]
     config = RunConfig(model=str(setup["model"]), data={"train": data["train"], "dev": data["dev"]})
     task, split = load_task_data(config)
-    run = Run(config, task, split, None)
+    foundation = Foundation(str(setup["model"]), AutoTokenizer.from_pretrained(setup["model"]))
+    run = Run(config, task, split, None, foundation=foundation)
     teacher = teacher_run(setup, "bagging")
     plugin = Distill(Distill.Options(teacher=teacher, transfer=transfer))
-    plugin.foundation = Foundation(str(setup["model"]), AutoTokenizer.from_pretrained(setup["model"]))
 
-    soft = plugin.fmkit_harden(run)
+    train = plugin.fmkit_data(run=run, train=split.train)  # the data stage, then the core freezes the rows
+    run.data = TaskData(train, split.dev, split.test)
+    soft = plugin.fmkit_harden(run=run)
 
     added = run.data.train[120:]
     assert [e.words for e in added] == [[w for w, _ in s] for s in fresh]
-    loaded = load(teacher)
-    assert [e.tags for e in added] == loaded.prepared.predict(loaded.ensemble.predict_proba, added, "check")
+    loaded = load_run(teacher)
+    assert [e.tags for e in added] == loaded.scorer.predict(loaded.ensemble.predict_proba, added, "check")
     assert sum(tag != "O" for e in added for tag in e.tags) > 10, "the teacher tags names and places"
     assert "30 examples join the 120 training examples" in run.notes[0] and "11 skipped" in run.notes[0]
     assert '"added": 30, "skipped": 11' in run.log_text
     assert "and 30 transfer examples" in run.notes[1]
     import torch
 
-    for f in encode(run.task, added, plugin.foundation.tokenizer, config.train.max_length):
+    for f in encode(run.task, added, foundation.tokenizer, config.train.max_length):
         batch = {"input_ids": torch.tensor([f.input_ids]), "attention_mask": torch.ones(1, len(f.input_ids), dtype=torch.long)}
         targets, mask = soft.targets(batch, len(task.labels))
         assert mask.sum() == len(f.word_positions)
@@ -209,3 +206,27 @@ def test_bad_settings_are_one_line_errors(setup, capsys, settings, message):
                  "--runs-dir", str(setup["runs"]), *sets]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fmkit: error: ")]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_student_ensemble_trains_as_ray_tasks_like_in_one_process(setup, tmp_path):
+    """Under --executor ray each member trains in a worker that rebuilds the run from what the driver sends: the
+    data stage's rows (with the transfer set the teacher labelled) and the soft targets in run.plugin_state. A
+    worker that re-ran the stages, or read the driver's plugin instance, would differ or fail."""
+    ray = pytest.importorskip("ray")
+    transfer = tmp_path / "transfer.txt"
+    transfer.write_text("".join(" ".join(w for w, _ in s) + "\n" for s in transfer_sentences(setup, 40)))
+    teacher = teacher_run(setup, "full")
+    options = (f"distill.teacher={teacher}", f"distill.transfer={transfer}", "bagging.members=2", "bagging.sample=1.0",
+               "train.epochs=6")
+    try:
+        on_ray = run(setup, "student-bagging-ray", "distill,bagging", *options, "executor=ray")
+    finally:
+        ray.shutdown()
+    here = run(setup, "student-bagging-here", "distill,bagging", *options)
+    for metrics in (on_ray, here):
+        for member in metrics["members"].values():
+            member.pop("train_seconds")
+    assert on_ray["members"] == here["members"] and on_ray["test"] == here["test"]
+    assert here["test"]["f1"] > 0.5, here["test"]
+    report = (setup["runs"] / "student-bagging-ray" / "report.txt").read_text()
+    assert "training 2 members as Ray tasks" in report and "40 examples join the 120 training examples" in report
