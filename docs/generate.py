@@ -85,7 +85,7 @@ def hook_contract() -> str:
     return "\n".join(out)
 
 
-TYPES = ["Run", "Task", "TaskData", "Foundation", "ModelBuilder", "Hardener", "SharedBackbone", "MemberSpec", "Member",
+TYPES = ["Run", "Task", "TaskData", "Foundation", "ModelBuilder", "Hardener", "SharedBackbone", "FitCallback", "MemberSpec", "Member",
          "Ensemble"]
 
 

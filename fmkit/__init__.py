@@ -1,7 +1,6 @@
 """fmkit: a foundation model plus the techniques practitioners stack on it, as plugins.
 
-The public API for plugin authors is what this module exports: ``hookimpl`` to mark stage hooks,
-``FmkitError`` for user-facing errors, and the types the stages exchange (``fmkit.types``).
+Plugin authors import from ``fmkit.plugin``, the one public module for them (docs/plugin-authors.md).
 Importing fmkit stays cheap: torch, transformers and peft load only when a run needs them.
 """
 

@@ -223,18 +223,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for option, kind, default, description in rows:
             print(f"  {info.name}.{option}  ({kind}, default {default})\n      {description}")
         return 0
+    source = {i.name: f"{i.distribution} {i.version}" for i in available.values()}
+    width = max(map(len, source.values()), default=0)
     for stage in STAGES:
         entries = [i for i in available.values() if i.cls is not None and i.stage == stage]
         print(stage)
         for info in sorted(entries, key=lambda i: i.name):
-            print(f"  {info.name:<12} {info.distribution} {info.version:<8}  {info.summary}")
+            print(f"  {info.name:<12} {source[info.name]:<{width}}  {info.summary}")
         if not entries:
             print("  (none installed)")
     broken = [i for i in available.values() if i.cls is None]
     if broken:
         print("failed to load")
         for info in broken:
-            print(f"  {info.name:<12} {info.distribution} {info.version:<8}  {info.error}")
+            print(f"  {info.name:<12} {source[info.name]:<{width}}  {info.error}")
     return 0
 
 

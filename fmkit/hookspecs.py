@@ -18,14 +18,14 @@ exported, with the helpers plugins may use, by ``fmkit.plugin``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pluggy
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from fmkit.types import (Ensemble, Example, Foundation, Hardener, Member, MemberSpec, ModelBuilder, Run,
+    from fmkit.types import (Ensemble, Example, FitCallback, Foundation, Hardener, Member, ModelBuilder, Run,
                              SharedBackbone)
 
 hookspec = pluggy.HookspecMarker("fmkit")
@@ -119,7 +119,7 @@ def fmkit_harden(run: Run) -> Hardener:
 
 
 @hookspec(firstresult=True)
-def fmkit_combine(run: Run, fit: Callable[[MemberSpec], Member]) -> Ensemble:
+def fmkit_combine(run: Run, fit: FitCallback) -> Ensemble:
     """Train ensemble members through ``fit`` and return the Ensemble that combines them.
 
     Called once per run. ``fit(spec)`` builds a model, adapts it, trains it (with the harden

@@ -107,7 +107,7 @@ class MemberTrainer:
                                          train.batch_size if split == "train" else None)
 
     def __call__(self, spec: MemberSpec) -> Member:
-        from fmkit.train import train
+        from fmkit.train import Trainer
 
         run = self.run
         settings = member_settings(run.config.train, spec.options)
@@ -123,14 +123,14 @@ class MemberTrainer:
                 rows.append(row)
                 if spec.weights is not None:
                     weights.append(float(spec.weights[position]))
-        report = train(
+        report = Trainer(
             run, model, IndexedFeatures(self.train_features, rows),
             lambda m: self.scorer.evaluate(softmax_predictor(m), run.data.dev, "dev")[0],
             settings=settings, seed=spec.seed, pad_id=self.scorer.pad_id,
             label=f"{spec.name}: " if spec.name != "model" else "",
             weights=weights or None, hardeners=self.hardeners, checkpoints=saved, stop_after=spec.stop_after,
             start_after=spec.start_after,
-        )
+        ).fit()
         trainable, total = count_parameters(model)
         member = Member(spec, model, {k: v for k, v in report.best_dev.items() if k != "report"},
                         time.perf_counter() - started, trainable, total)

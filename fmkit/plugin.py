@@ -22,15 +22,15 @@ from fmkit.evaluate import (example_probs, gold_labels, labels_from_probs, membe
 from fmkit.model import TextModelBuilder, count_parameters, output_layer, quiet_transformers
 from fmkit.registry import create as create_plugin
 from fmkit.train import accelerator_for, forward_logits, task_loss
-from fmkit.types import (Batch, Ensemble, Example, Foundation, Hardener, Member, MemberSpec, ModelBuilder, Run,
-                         SharedBackbone, Task, TaskData)
+from fmkit.types import (Batch, Ensemble, Example, FitCallback, Foundation, Hardener, Member, MemberSpec, ModelBuilder,
+                         Run, SharedBackbone, Task, TaskData)
 
 __all__ = [
     # marking hooks, and user errors
     "hookimpl", "FmkitError", "__version__",
     # what the stages exchange (fmkit.hookspecs declares the stages)
     "Run", "Task", "TaskData", "Example", "Sentence", "TextExample", "Foundation", "ModelBuilder", "Hardener",
-    "SharedBackbone", "MemberSpec", "Member", "Ensemble", "Batch", "RunConfig", "TrainConfig",
+    "SharedBackbone", "FitCallback", "MemberSpec", "Member", "Ensemble", "Batch", "RunConfig", "TrainConfig",
     # data: reading, encoding and batching as the core does
     "load_task_data", "read_examples", "read_unlabeled", "encode", "Feature", "IGNORE", "prediction_batches",
     # models and training

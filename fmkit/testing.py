@@ -4,8 +4,10 @@ seconds. torch and transformers load only when a model is made."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
+from typing import Any, Iterator
 
 PERSONS = ["alice", "bob", "carol", "dave"]
 PLACES = ["paris", "london", "rome", "berlin"]
@@ -71,3 +73,39 @@ def write_ner_files(directory: Path, train: int = 240, dev: int = 40, test: int 
     sizes = {"train": (train, 1), "dev": (dev, 2), "test": (test, 3)}
     return {split: write_conll(directory / f"{split}.conll", synthetic_sentences(n, seed))
             for split, (n, seed) in sizes.items()}
+
+
+@contextlib.contextmanager
+def installed_plugin(name: str, cls: type | None, error: Exception | None = None,
+                     distribution: str = "test-plugin") -> Iterator[None]:
+    """Within the block, ``cls`` is discovered as the installed plugin ``name``, as if a package declared it
+    in the ``fmkit`` entry-point group; with ``error``, as a package whose import fails that way. For tests
+    of a plugin before it is packaged (and of discovery itself)."""
+    from importlib import metadata
+
+    from fmkit.registry import refresh
+
+    class EntryPoint:
+        group, value = "fmkit", f"{distribution.replace('-', '_')}:{getattr(cls, '__name__', 'Plugin')}"
+        dist = type("Distribution", (), {"name": distribution, "version": "0.1"})()
+
+        def load(self) -> type | None:
+            if error is not None:
+                raise error
+            return cls
+
+    entry = EntryPoint()
+    entry.name = name
+    real = metadata.entry_points
+
+    def entry_points(**selection: Any) -> Any:
+        found = real(**selection)
+        return [*found, entry] if selection.get("group") == "fmkit" else found
+
+    metadata.entry_points = entry_points  # type: ignore[assignment]
+    refresh()  # discovery is read once per process
+    try:
+        yield
+    finally:
+        metadata.entry_points = real
+        refresh()

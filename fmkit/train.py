@@ -78,36 +78,15 @@ class TrainReport:
     sentences_per_second: float  # training throughput: windows per second spent in training steps
 
 
-def train(
-    run: Run,
-    model: Any,
-    data: IndexedFeatures,
-    evaluate_dev: Callable[[Any], dict[str, Any]],
-    *,
-    settings: TrainConfig,
-    seed: int,
-    pad_id: int,
-    label: str = "",
-    weights: Sequence[float] | None = None,
-    hardeners: Sequence[Hardener] = (),
-    checkpoints: MemberCheckpoints | None = None,
-    stop_after: int | None = None,
-    start_after: int = 0,
-) -> TrainReport:
-    """Train ``model`` in place on ``data``; keep the weights of the epoch with the best dev score.
-    With ``checkpoints``, continue from the last one and write one at each epoch end (and every
+class Trainer:
+    """Trains ``model`` in place on ``data`` and keeps the weights of the epoch with the best dev score:
+    ``Trainer(...).fit()``. ``__init__`` sets up (and resumes from a checkpoint), ``fit`` runs the epochs,
+    each a series of ``step`` calls closed by ``end_epoch``.
+
+    With ``checkpoints``, training continues from the last one and writes one at each epoch end (and every
     ``train.checkpoint_every`` steps). ``stop_after``: run only that many epochs of the schedule of
     ``settings.epochs`` (its warm-up and part of its decay), e.g. a trunk that members continue;
     ``start_after``: skip that many, for a model that was trained through them (such a member)."""
-    return Trainer(run, model, data, evaluate_dev, settings=settings, seed=seed, pad_id=pad_id, label=label,
-                   weights=weights, hardeners=hardeners, checkpoints=checkpoints, stop_after=stop_after,
-                   start_after=start_after).fit()
-
-
-class Trainer:
-    """One call of ``train``: ``__init__`` sets up (and resumes from a checkpoint), ``fit`` runs the
-    epochs, each a series of ``step`` calls closed by ``end_epoch``. Split so that each part reads alone;
-    the order of every RNG draw, optimizer and scheduler call is that of the one loop it was."""
 
     def __init__(
         self,

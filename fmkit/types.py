@@ -143,6 +143,28 @@ class Member:
         return self.spec.name
 
 
+class FitCallback(Protocol):
+    """What the combine stage receives as ``fit``: trains members, and gives combiners what they need besides
+    (the core's ``fmkit.members.MemberTrainer``)."""
+
+    start: nn.Module  # the model built with the run's seed: what members that start alike copy
+    shared_backbone: SharedBackbone | None  # the backbone members are parts of, when the adapt stage offers one
+
+    def __call__(self, spec: MemberSpec) -> Member:
+        """Train the member ``spec`` names (on ``spec.model``, else a fresh model seeded with ``spec.seed``)."""
+
+    def new_model(self, name: str, seed: int, copy_of: nn.Module | None = None) -> nn.Module:
+        """The model member ``name`` trains: its own part on the shared backbone, else a whole model; its new
+        weights seeded by ``seed``, or copied from ``copy_of`` (``start``, or a trained trunk)."""
+
+    def probabilities(self, predict: Callable[[Batch], torch.Tensor], split: str,
+                      rows: Sequence[int] | None = None) -> list:
+        """Per-example probabilities of ``predict`` on a split of the run's data (only ``rows``, when given)."""
+
+    def map(self, specs: Sequence[MemberSpec]) -> list[Member]:
+        """Train members that do not depend on each other: as Ray tasks under ``--executor ray``."""
+
+
 @runtime_checkable
 class Ensemble(Protocol):
     """What the combine stage returns: members and the rule that combines their predictions."""

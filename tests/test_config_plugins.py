@@ -147,29 +147,14 @@ def test_selection_errors(plugins, settings, message):
         select(config_with(plugins, settings), fake_available())
 
 
-def test_a_broken_entry_point_is_reported_not_fatal(monkeypatch, request):
-    from importlib import metadata
+def test_a_broken_entry_point_is_reported_not_fatal():
+    from fmkit.testing import installed_plugin
 
-    from fmkit.registry import refresh
-
-    class BrokenEntryPoint:
-        name, value, group = "broken", "broken_pkg:Plugin", "fmkit"
-        dist = type("Dist", (), {"name": "broken-dist", "version": "0.1"})()
-
-        def load(self):
-            raise ImportError("No module named 'broken_pkg'")
-
-    real = metadata.entry_points
-
-    def entry_points(group):
-        return list(real(group=group)) + [BrokenEntryPoint()]
-
-    monkeypatch.setattr(metadata, "entry_points", entry_points)
-    refresh()  # discovery is read once per process
-    request.addfinalizer(refresh)
-    found = discover()
+    with installed_plugin("broken", None, ImportError("No module named 'broken_pkg'"), distribution="broken-dist"):
+        found = discover()
     assert found["broken"].cls is None and "No module named 'broken_pkg'" in found["broken"].error
     assert found["hf"].cls is not None and found["full"].cls is not None
+    assert "broken" not in discover(), "the entry point is gone with the block"
 
 
 def test_importing_fmkit_and_listing_plugins_imports_no_torch():

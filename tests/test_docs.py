@@ -63,3 +63,47 @@ def test_tutorial_plugin_meets_the_contract_and_trains_biases_only(tiny_model, m
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(".bias") or n.startswith("classifier.") for n in trainable)
     assert {"classifier.weight", "bert.encoder.layer.0.attention.self.query.bias"} <= trainable
+
+
+def test_tutorial_harden_technique_is_one_file_on_the_public_api_and_trains(tiny_model, ner_files, tmp_path, monkeypatch):
+    """Section 6's R3F, exec'd from the page: it imports only fmkit.plugin, and `fmkit run --plugins r3f`
+    trains with its penalty, reports the model under its noise and reloads for `fmkit eval --attack r3f`."""
+    import json
+
+    import torch
+
+    from fmkit.cli import main
+    from fmkit.testing import FAST_TRAIN, installed_plugin
+
+    text = (DOCS / "tutorial.md").read_text(encoding="utf-8")
+    source = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "class R3F" in block)
+    imports = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    assert {m for m in imports if m.startswith("fmkit")} == {"fmkit.plugin"}
+    monkeypatch.setitem(sys.modules, "fmkit_r3f", type(sys)("fmkit_r3f"))
+    namespace = sys.modules["fmkit_r3f"].__dict__
+    exec(compile(source, "docs/tutorial.md", "exec"), namespace)
+    r3f = namespace["R3F"]
+    assert _contract_problem("r3f", r3f) is None
+
+    hardener = r3f(r3f.Options(sigma=0.5)).fmkit_harden(run=None)  # the penalty is there, and positive
+    from fmkit.model import TextModelBuilder
+    from fmkit.train import forward_logits, task_loss
+    from fmkit.types import Foundation, Task
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = TextModelBuilder(Foundation(str(tiny_model), tokenizer), Task("ner", ["O", "B-PER", "I-PER"])).build()
+    batch = dict(tokenizer(["alice went to rome", "bob"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.zeros_like(batch["input_ids"])
+    model.eval()  # no dropout: the clean loss is the same in both calls
+    torch.manual_seed(0)
+    assert float(hardener.train_step(model, batch, lambda loss: None)) > float(task_loss(forward_logits(model, batch), batch))
+
+    sets = [x for s in (*FAST_TRAIN, "r3f.sigma=0.02") for x in ("--set", s)]
+    with installed_plugin("r3f", r3f, distribution="fmkit-r3f"):
+        assert main(["run", "--plugins", "r3f", "--model", str(tiny_model), "--train", str(ner_files["train"]),
+                     "--dev", str(ner_files["dev"]), "--test", str(ner_files["test"]), "--runs-dir", str(tmp_path),
+                     "--name", "r3f", *sets]) == 0
+        metrics = json.loads((tmp_path / "r3f" / "metrics.json").read_text())
+        assert metrics["test"]["f1"] >= 0.9 and 0 <= metrics["robust"]["r3f"]["test"]["f1"] <= 1
+        assert main(["eval", str(tmp_path / "r3f"), "--data", str(ner_files["test"]), "--attack", "r3f"]) == 0

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmkit.plugin import FmkitError, Run, gold_labels, labels_from_probs, softmax_predictor
-from fmkit_combine.members import Combine, CombineOptions, Fit, Members
+from fmkit.plugin import FitCallback, FmkitError, Run, gold_labels, labels_from_probs, softmax_predictor
+from fmkit_combine.members import Combine, CombineOptions, Members
 from fmkit_combine.vote import Vote
 
 
@@ -26,7 +26,7 @@ def samme_round(sample_weight: np.ndarray, incorrect: np.ndarray, n_classes: int
     return updated / updated.sum(), alpha, error
 
 
-def boost(run: Run, fit: Fit, plugin: Combine) -> Vote:
+def boost(run: Run, fit: FitCallback, plugin: Combine) -> Vote:
     """Train members one after another on reweighted rows; combine them by a vote weighted by SAMME."""
     task, n = run.task, len(run.data.train)
     n_classes = 2 if task.kind == "ner" else len(task.labels)
@@ -69,5 +69,5 @@ class Boosting(Combine):
     name = "boosting"
     Options = CombineOptions
 
-    def combine(self, run: Run, fit: Fit) -> Vote:
+    def combine(self, run: Run, fit: FitCallback) -> Vote:
         return boost(run, fit, self)

@@ -9,9 +9,7 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmkit.plugin import FmkitError, Member, MemberSpec, Run, TrainConfig, count_parameters, hookimpl
-
-Fit = Any  # the core's fit callback (see the fmkit_combine hookspec): fit(spec), .new_model, .probabilities, .map
+from fmkit.plugin import FitCallback, FmkitError, Member, MemberSpec, Run, TrainConfig, count_parameters, hookimpl
 
 
 class CombineOptions(BaseModel):
@@ -55,10 +53,10 @@ class Combine:
                 for i in range(self.options.members)]
 
     @hookimpl
-    def fmkit_combine(self, run: Run, fit: Fit) -> Any:
+    def fmkit_combine(self, run: Run, fit: FitCallback) -> Any:
         return self.combine(run, fit)
 
-    def combine(self, run: Run, fit: Fit) -> Any:
+    def combine(self, run: Run, fit: FitCallback) -> Any:
         """Default: members from ``specs``, combined by a uniform vote."""
         from fmkit_combine.vote import Vote
 
@@ -85,7 +83,7 @@ class Members:
     that start alike (``plugin.same_start``: soups) copy one start, the run-seeded model or a trained
     trunk (``fork_from``); the others are initialised by their own seeds."""
 
-    def __init__(self, run: Run, fit: Fit, plugin: Combine):
+    def __init__(self, run: Run, fit: FitCallback, plugin: Combine):
         self.run, self.fit, self.plugin = run, fit, plugin
         self.common_start: Any = None  # what same-start members copy; None: the run-seeded model
 

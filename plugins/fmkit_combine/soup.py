@@ -24,8 +24,9 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from pydantic import Field
 
-from fmkit.plugin import FmkitError, Member, MemberSpec, Run, gold_labels, labels_from_probs, scores, softmax_predictor
-from fmkit_combine.members import Combine, Fit, Members, VariedOptions
+from fmkit.plugin import (FitCallback, FmkitError, Member, MemberSpec, Run, gold_labels, labels_from_probs, scores,
+                          softmax_predictor)
+from fmkit_combine.members import Combine, Members, VariedOptions
 
 SOUP_DIR = "soup"
 
@@ -154,7 +155,7 @@ def choose(run: Run, members: Sequence[Member], dev_probabilities: Callable[[Any
     return chosen
 
 
-def train_soup(run: Run, fit: Fit, plugin: Combine) -> SoupModel:
+def train_soup(run: Run, fit: FitCallback, plugin: Combine) -> SoupModel:
     """The trunk (when ``soup.shared`` leaves one), the members forked from it, and their soup."""
     trainer, specs = Members(run, fit, plugin), plugin.specs(run)
     trunk = grow_trunk(run, trainer, specs, plugin.options.shared)
@@ -185,7 +186,7 @@ class Soup(Combine):
                               "the members train as one trunk before they fork, so that they stay in one basin "
                               "and average well (docs/ensembles.md); 0: each trains from the common start alone")
 
-    def combine(self, run: Run, fit: Fit) -> SoupModel:
+    def combine(self, run: Run, fit: FitCallback) -> SoupModel:
         return train_soup(run, fit, self)
 
     def restore(self, run: Run, members: list[Member], state: dict[str, Any], directory: Path) -> SoupModel:

@@ -12,8 +12,8 @@ import numpy as np
 
 from pydantic import Field
 
-from fmkit.plugin import FmkitError, Member, Run, Task, softmax_predictor
-from fmkit_combine.members import Combine, CombineOptions, Fit, Members
+from fmkit.plugin import FitCallback, FmkitError, Member, Run, Task, softmax_predictor
+from fmkit_combine.members import Combine, CombineOptions, Members
 from fmkit_combine.vote import Vote
 
 META_FILE = "stacking.skops"
@@ -82,7 +82,7 @@ class Stacked(Vote):
         skops.io.dump(self.meta, Path(directory) / META_FILE)
 
 
-def stack(run: Run, fit: Fit, plugin: Combine) -> Stacked:
+def stack(run: Run, fit: FitCallback, plugin: Combine) -> Stacked:
     from sklearn.linear_model import LogisticRegression
 
     n, k = len(run.data.train), plugin.options.members
@@ -120,7 +120,7 @@ class Stacking(Combine):
         members: int = Field(5, ge=2, description="members, one per fold: member i trains on every fold but fold i")
         C: float = Field(1.0, gt=0, description="inverse regularisation strength of the LogisticRegression meta-learner")
 
-    def combine(self, run: Run, fit: Fit) -> Stacked:
+    def combine(self, run: Run, fit: FitCallback) -> Stacked:
         return stack(run, fit, self)
 
     def restore(self, run: Run, members: list[Member], state: dict[str, Any], directory: Path) -> Stacked:

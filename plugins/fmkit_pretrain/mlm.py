@@ -79,10 +79,34 @@ def pretrain(run: Run, foundation: Foundation, texts: list[str], options: MLM.Op
     """Train the foundation's masked-LM head and encoder on ``texts``; save the backbone in the run
     directory and return a Foundation pointing there."""
     import torch
-    from transformers import AutoModel, AutoModelForMaskedLM, DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
+    from transformers import DataCollatorForLanguageModeling
 
     tokenizer = foundation.tokenizer
-    if tokenizer.mask_token is None:
+    model, fresh_head = masked_lm(run, foundation)
+    started = time.perf_counter()
+    order = list(range(len(texts)))
+    random.Random(run.seed).shuffle(order)
+    held = min(max(1, round(options.heldout * len(texts))), len(texts) - 1)
+    encoded = tokenizer([texts[i] for i in order], truncation=True, max_length=run.config.train.max_length)["input_ids"]
+    heldout_ids, train_ids = encoded[:held], encoded[held:]
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=options.mask_probability)
+    torch.manual_seed(run.seed)  # the same masks before and after
+    heldout = [collate([{"input_ids": ids} for ids in heldout_ids[i:i + options.batch_size]])
+               for i in range(0, held, options.batch_size)]
+    model, before, after = train_masked_lm(run, model, train_ids, heldout, collate, options)
+    target = save_backbone(run, foundation, model)
+    run.log("mlm", texts=len(train_ids), heldout_texts=held, steps=options.steps, loss_before=round(before, 4),
+            loss_after=round(after, 4), fresh_head=fresh_head, seconds=round(time.perf_counter() - started, 1))
+    run.say(f"mlm: {options.steps} steps on {len(train_ids):,} texts; held-out masked-LM loss {before:.4f} -> "
+            f"{after:.4f}" + (" (the checkpoint had no masked-LM head: a new one was trained)" if fresh_head else ""))
+    return Foundation(path=str(target), tokenizer=tokenizer, source=foundation.source)
+
+
+def masked_lm(run: Run, foundation: Foundation) -> tuple[Any, bool]:
+    """The foundation as a masked-LM model, and whether its masked-LM head is new (the checkpoint had none)."""
+    from transformers import AutoModelForMaskedLM
+
+    if foundation.tokenizer.mask_token is None:
         raise FmkitError(f"mlm: the tokenizer of {foundation.source or foundation.path} has no mask token")
     try:
         with quiet_transformers():
@@ -91,23 +115,22 @@ def pretrain(run: Run, foundation: Foundation, texts: list[str], options: MLM.Op
     except ValueError as exc:
         raise FmkitError(f"mlm: {foundation.source or foundation.path} has no masked-LM form "
                          f"({str(exc).splitlines()[0]})") from None
-    started = time.perf_counter()
-    order = list(range(len(texts)))
-    random.Random(run.seed).shuffle(order)
-    held = min(max(1, round(options.heldout * len(texts))), len(texts) - 1)
-    encoded = tokenizer([texts[i] for i in order], truncation=True, max_length=run.config.train.max_length)["input_ids"]
-    heldout_ids, train_ids = encoded[:held], encoded[held:]
-    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=options.mask_probability)
-    accelerator = accelerator_for(run.config.train.precision)
+    prefix = model.base_model_prefix
+    return model, any(not k.startswith(prefix) for k in loading.get("missing_keys", []))
 
-    torch.manual_seed(run.seed)  # the same masks before and after
-    heldout = [collate([{"input_ids": ids} for ids in heldout_ids[i:i + options.batch_size]])
-               for i in range(0, held, options.batch_size)]
+
+def train_masked_lm(run: Run, model: Any, train_ids: list, heldout: list[dict], collate: Any,
+                    options: MLM.Options) -> tuple[Any, float, float]:
+    """``options.steps`` AdamW steps (10% warm-up, linear decay) on freshly masked batches drawn without
+    replacement; the trained model and its held-out loss before and after."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    accelerator = accelerator_for(run.config.train.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(0.1 * options.steps), options.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     before = heldout_loss(model, heldout, accelerator.device)
-
     rng = random.Random(run.seed)
     queue: list[int] = []
     model.train()
@@ -126,20 +149,21 @@ def pretrain(run: Run, foundation: Foundation, texts: list[str], options: MLM.Op
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    after = heldout_loss(model, heldout, accelerator.device)
+    return accelerator.unwrap_model(model), before, heldout_loss(model, heldout, accelerator.device)
+
+
+def save_backbone(run: Run, foundation: Foundation, model: Any) -> Path:
+    """The trained encoder saved alone in the run directory, with the checkpoint's own pooler (the
+    masked-LM model has none), beside the tokenizer."""
+    from transformers import AutoModel
 
     target = Path(run.directory) / BACKBONE_DIR
-    with quiet_transformers():  # the backbone alone, with the checkpoint's own pooler (the MLM model has none)
+    with quiet_transformers():
         backbone = AutoModel.from_pretrained(foundation.path, trust_remote_code=run.config.trust_remote_code)
-        backbone.load_state_dict(accelerator.unwrap_model(model).base_model.state_dict(), strict=False)
+        backbone.load_state_dict(model.base_model.state_dict(), strict=False)
         backbone.save_pretrained(target)
-        tokenizer.save_pretrained(target)
-    fresh_head = any(not k.startswith(backbone.base_model_prefix) for k in loading.get("missing_keys", []))
-    run.log("mlm", texts=len(train_ids), heldout_texts=held, steps=options.steps, loss_before=round(before, 4),
-            loss_after=round(after, 4), fresh_head=fresh_head, seconds=round(time.perf_counter() - started, 1))
-    run.say(f"mlm: {options.steps} steps on {len(train_ids):,} texts; held-out masked-LM loss {before:.4f} -> "
-            f"{after:.4f}" + (" (the checkpoint had no masked-LM head: a new one was trained)" if fresh_head else ""))
-    return Foundation(path=str(target), tokenizer=tokenizer, source=foundation.source)
+        foundation.tokenizer.save_pretrained(target)
+    return target
 
 
 def heldout_loss(model: Any, batches: list[dict], device: Any) -> float:

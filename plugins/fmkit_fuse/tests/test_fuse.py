@@ -52,16 +52,13 @@ def test_fusion_learns_a_label_that_needs_both_modalities_and_reloads(method, fu
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
-def test_a_new_fusion_method_is_one_subclass_with_its_own_head(tiny_model, mm_files, tmp_path, monkeypatch, request,
-                                                              capsys):
+def test_a_new_fusion_method_is_one_subclass_with_its_own_head(tiny_model, mm_files, tmp_path, capsys):
     """A method written outside the family (here: in this test) builds, trains, saves and reloads through
     the fuse stage; the family's modules know nothing about it."""
-    from importlib import metadata
-
     import torch
     from torch import nn
 
-    from fmkit.registry import refresh
+    from fmkit.testing import installed_plugin
     from fmkit_fuse.fusion import FusionPlugin
 
     class MeanHead(nn.Module):
@@ -81,22 +78,12 @@ def test_a_new_fusion_method_is_one_subclass_with_its_own_head(tiny_model, mm_fi
         name = "mean"
         head_class = staticmethod(lambda: MeanHead)
 
-    class MeanEntryPoint:  # as if a package registered it
-        name, value, group = "mean", "fmkit_fuse_mean:Mean", "fmkit"
-        dist = type("Dist", (), {"name": "fmkit-fuse-mean", "version": "0.1"})()
-
-        def load(self):
-            return Mean
-
-    installed = metadata.entry_points
-    monkeypatch.setattr(metadata, "entry_points", lambda group: [*installed(group=group), MeanEntryPoint()])
-    refresh()  # discovery is read once per process
-    request.addfinalizer(refresh)
     one_epoch = [x for s in (*FAST_TRAIN, "train.epochs=1", "mean.dim=32") for x in ("--set", s)]
-    code = main(["run", "--task", "multimodal", "--plugins", "mean", "--model", str(tiny_model),
-                 "--train", str(mm_files["train"]), "--dev", str(mm_files["dev"]), "--test", str(mm_files["test"]),
-                 "--runs-dir", str(tmp_path), "--name", "mean", *one_epoch])
-    assert code == 0
+    with installed_plugin("mean", Mean):  # as if a package registered it
+        code = main(["run", "--task", "multimodal", "--plugins", "mean", "--model", str(tiny_model),
+                     "--train", str(mm_files["train"]), "--dev", str(mm_files["dev"]), "--test", str(mm_files["test"]),
+                     "--runs-dir", str(tmp_path), "--name", "mean", *one_epoch])
+        assert code == 0
     run = tmp_path / "mean"
     assert json.loads((run / "model" / "config.json").read_text())["method"] == "mean"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -104,7 +91,8 @@ def test_a_new_fusion_method_is_one_subclass_with_its_own_head(tiny_model, mm_fi
     assert modalities["measure"] == "equal shares"
     assert modalities["test"]["contribution"] == {"text": 0.3333, "image": 0.3333, "features": 0.3333}
     capsys.readouterr()
-    assert main(["eval", str(run), "--data", str(mm_files["test"]), "--json"]) == 0
+    with installed_plugin("mean", Mean):
+        assert main(["eval", str(run), "--data", str(mm_files["test"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
