@@ -1,5 +1,11 @@
-"""The run directory's contents: saving a finished run (models, config, metrics, report, log) and
-reloading a saved one for ``fmkit eval`` and ``fmkit predict``, through the same stages as a run."""
+"""The run directory's contents: saving a finished run (models, config, metrics, report, log, model card)
+and reloading a saved one for ``fmkit eval``, ``fmkit predict`` and ``fmkit.load``, through the same
+stages as a run.
+
+``model/`` loads with the standard calls, without fmkit or the foundation: a whole model (full fine-tune,
+probe, soup) is its own checkpoint; an adapter is saved beside the plain model under it (``fmkit_adapt_base``:
+the frozen backbone and head, with the label maps), in ``model/`` itself or, for an ensemble's members,
+once in ``model/base/``."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any, Sequence
 from fmkit import rundir
 from fmkit.assess import Scorer
 from fmkit.checkpoint import unreadable_weights
-from fmkit.config import RunConfig
+from fmkit.config import RunConfig, check_version
 from fmkit.defaults import SingleModel
 from fmkit.errors import FmkitError
 from fmkit.model import count_parameters, quiet_transformers
@@ -20,38 +26,52 @@ from fmkit.stages import attacks
 from fmkit.types import Foundation, Member, MemberSpec, Run, Task
 
 MODEL_DIR = "model"
+MEMBERS_DIR = "members"
+BASE_DIR = "base"  # an ensemble's members' common base model, under model/
 ENSEMBLE_FILE = "ensemble.json"
+CARD_FILE = "README.md"
+WEIGHTS = {"config.json": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+           "adapter_config.json": ("adapter_model.safetensors", "adapter_model.bin")}
+"""A model folder's config files and the weights each needs beside it."""
 
 
 def save(run: Run, selection: Selection, ensemble: Any, metrics: dict, report: str, target: Path) -> None:
-    """Write model(s), config.json, metrics.json, report.txt and log.jsonl into the run directory."""
+    """Write model(s), config.json, metrics.json, report.txt, log.jsonl and the model card (README.md)."""
     import fmkit
+    from fmkit.card import model_card
 
     directory = run.directory
     model_dir = directory / MODEL_DIR
     with quiet_transformers():
-        save_models(ensemble, model_dir)
+        save_models(run, ensemble, model_dir)
         run.foundation.tokenizer.save_pretrained(model_dir)
-    rundir.write_json(directory / "config.json", {
+    record = {
         "fmkit_version": fmkit.__version__,
         "run": target.name,
         "config": run.config.model_dump(mode="json"),
         "plugins": selection.describe(),
-        "foundation": {"path": _portable(run.foundation.path, directory), "source": run.foundation.source},
+        "foundation": {"path": _portable(run.foundation.path, directory), "source": run.foundation.source,
+                       "origin": run.foundation.origin},
         "task": asdict(run.task),
-    })
+    }
+    rundir.write_json(directory / "config.json", record)
     rundir.write_json(directory / "metrics.json", metrics)
     rundir.write_text(directory / "report.txt", "\n".join(run.notes) + "\n\n" + report)
     rundir.write_text(directory / "log.jsonl", run.log_text)
+    rundir.write_text(directory / CARD_FILE, model_card(record, metrics, report, ensemble, model_dir, target))
 
 
-def save_models(ensemble: Any, model_dir: Path) -> None:
-    """One member: ``model/`` is its checkpoint. Several: ``model/members/NAME/`` + ``ensemble.json``."""
+def save_models(run: Run, ensemble: Any, model_dir: Path) -> None:
+    """One member: ``model/`` is its checkpoint. Several: ``model/members/NAME/`` + ``ensemble.json``. Either
+    way with the plain model under an adapter (once for all members), so the standard calls load them."""
     if len(ensemble.members) == 1 and not ensemble.state():
-        ensemble.members[0].model.save_pretrained(model_dir)
+        model = ensemble.members[0].model
+        save_base(run, model, model_dir)
+        model.save_pretrained(model_dir)
         return
+    save_base(run, ensemble.members[0].model, model_dir / BASE_DIR)
     for member in ensemble.members:
-        member.model.save_pretrained(model_dir / "members" / member.name)
+        member.model.save_pretrained(model_dir / MEMBERS_DIR / member.name)
     if callable(getattr(ensemble, "save", None)):  # optional: what JSON cannot hold (see types.Ensemble)
         ensemble.save(model_dir)
     rundir.write_json(model_dir / ENSEMBLE_FILE, {
@@ -61,6 +81,14 @@ def save_models(ensemble: Any, model_dir: Path) -> None:
                     for m in ensemble.members],
         "state": ensemble.state(),
     })
+
+
+def save_base(run: Run, model: Any, directory: Path) -> None:
+    """The plain model under ``model``'s adapter (``fmkit_adapt_base``), saved in ``directory``; nothing for a
+    model that saves whole."""
+    base = run.hook.fmkit_adapt_base(run=run, model=model)
+    if base is not None:
+        base.save_pretrained(directory)
 
 
 def _portable(path: str, directory: Path) -> str:
@@ -107,41 +135,112 @@ def read_record(run_dir: Path) -> tuple[RunConfig, Task, dict[str, Any]]:
         raise FmkitError(f"{run_dir}: not a run directory (no config.json)")
     try:
         saved = json.loads(config_file.read_text(encoding="utf-8"))
+        check_version(config_file, saved.get("fmkit_version"))
         return RunConfig.model_validate(saved["config"]), Task(**saved["task"]), dict(saved["foundation"])
     except (ValueError, KeyError, TypeError) as exc:
         raise FmkitError(f"{config_file}: unreadable or from another fmkit version ({exc})") from None
 
 
-def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = ()) -> LoadedRun:
+def check_complete(model_dir: Path) -> None:
+    """Every file a saved run's ``model/`` needs, or a one-line error naming the first one missing."""
+    if not model_dir.is_dir():
+        raise FmkitError(f"{model_dir}: missing: the run is incomplete (no saved model)")
+    if not (model_dir / "tokenizer_config.json").is_file():
+        raise FmkitError(f"{model_dir / 'tokenizer_config.json'}: missing: the run's tokenizer is incomplete")
+    ensemble_file = model_dir / ENSEMBLE_FILE
+    folders = [model_dir / MEMBERS_DIR / m["name"] for m in _layout(ensemble_file)["members"]] \
+        if ensemble_file.is_file() else [model_dir]
+    for folder in folders:
+        configs = [name for name in WEIGHTS if (folder / name).is_file()]
+        if not configs:
+            raise FmkitError(f"{folder}: missing config.json (or adapter_config.json): not a saved model")
+        for name in configs:
+            if not any((folder / weights).is_file() for weights in WEIGHTS[name]):
+                raise FmkitError(f"{folder / WEIGHTS[name][0]}: missing: the weights beside {name}")
+
+
+def _layout(ensemble_file: Path) -> dict[str, Any]:
+    try:
+        return json.loads(ensemble_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise FmkitError(f"{ensemble_file}: unreadable ({exc})") from None
+
+
+class SavedBase:
+    """The fuse stage's ModelBuilder for a saved run: ``build()`` returns the plain model saved under the
+    run's adapters (``fmkit_adapt_base``), so reloading needs no foundation; only a run saved without one
+    (prompt tuning) builds on the foundation, found when first needed (``locate_foundation``)."""
+
+    def __init__(self, builder: Any, base_dir: Path, find_foundation: Any):
+        self.builder, self.base_dir, self.find_foundation = builder, base_dir, find_foundation
+
+    def build(self) -> Any:
+        if (self.base_dir / "config.json").is_file():
+            return self.builder.load(self.base_dir)
+        self.find_foundation()
+        return self.builder.build()
+
+    def load(self, directory: Path) -> Any:
+        return self.builder.load(directory)
+
+    def __getattr__(self, name: str) -> Any:  # the builder's optional extras (member_metrics)
+        return getattr(self.builder, name)
+
+
+def locate_foundation(run_dir: Path, record: dict[str, Any], base_model: str | None) -> str:
+    """Where the foundation of a saved run is on this machine: ``base_model`` (a local copy or a hub id) when
+    given, else a backbone saved inside the run, the path it was trained from, or its hub id (cache, or the
+    hub); else a one-line error saying how to point at a local copy."""
+    from fmkit.hub import snapshot
+
+    role = f"{run_dir}: its base model"
+    if base_model:
+        return str(Path(base_model)) if Path(base_model).is_dir() else snapshot(base_model, role=role)
+    for path in (run_dir / record["path"], Path(record["path"])):
+        if (path / "config.json").is_file():
+            return str(path)
+    if record.get("origin"):
+        return snapshot(record["origin"], role=role)
+    raise FmkitError(f"{role} {record['path']} is not on this machine: give a local copy "
+                     "(--base-model PATH, or fmkit.load(run, base_model=PATH))")
+
+
+def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = (),
+         base_model: str | None = None) -> LoadedRun:
     """Rebuild a saved run's ensemble for eval/predict, from its config.json and model/ folder, through
-    the stages of its plugins; with ``attack``, also that harden plugin's Hardener for robust evaluation."""
+    the stages of its plugins; with ``attack``, also that harden plugin's Hardener for robust evaluation.
+    ``base_model``: a local copy (or hub id) of the foundation, for runs that reload on it."""
     run_dir = Path(run_dir)
     config, task, record = read_record(run_dir)
+    model_dir = run_dir / MODEL_DIR
+    check_complete(model_dir)
     if attack:
         config = with_attack(config, attack, settings)
-    selection = select(config)
-    model_dir = run_dir / MODEL_DIR
+    selection = select(config, check=False)
     from transformers import AutoTokenizer
 
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    path = record["path"]
-    if (run_dir / path).is_dir():  # a backbone saved inside the run (e.g. by mlm)
-        path = str(run_dir / path)
-    run = Run(config, task, None, None, foundation=Foundation(path, tokenizer, record.get("source", "")),
-              hook=selection.manager.hook)
-    builder = run.hook.fmkit_fuse(run=run, foundation=run.foundation)
+    foundation = Foundation(record["path"], tokenizer, record.get("source", ""), record.get("origin", ""))
+    run = Run(config, task, None, None, foundation=foundation, hook=selection.manager.hook)
+
+    def find_foundation() -> None:
+        foundation.path = locate_foundation(run_dir, record, base_model)
+
+    fused = run.hook.fmkit_fuse(run=run, foundation=run.foundation)
     ensemble_file = model_dir / ENSEMBLE_FILE
     if ensemble_file.is_file():
-        layout = json.loads(ensemble_file.read_text(encoding="utf-8"))
+        layout = _layout(ensemble_file)
+        builder = SavedBase(fused, model_dir / BASE_DIR, find_foundation)
         specs = [MemberSpec(m["name"], m["seed"], m.get("indices"), m.get("weights")) for m in layout["members"]]
-        members = load_members(run, builder, specs, model_dir / "members")
+        members = load_members(run, builder, specs, model_dir / MEMBERS_DIR)
         ensemble = run.hook.fmkit_combine_load(run=run, members=members, state=layout["state"], directory=model_dir)
         if ensemble is None:
             raise FmkitError(f"{run_dir}: saved as an ensemble, but no selected plugin can reload it")
     else:
+        builder = SavedBase(fused, model_dir, find_foundation)
         ensemble = SingleModel(load_members(run, builder, [MemberSpec("model", config.seed)], model_dir)[0])
-    return LoadedRun(run, Scorer(run), ensemble, builder, attack_of(run, selection, attack) if attack else {})
+    return LoadedRun(run, Scorer(run), ensemble, fused, attack_of(run, selection, attack) if attack else {})
 
 
 def load_members(run: Run, builder: Any, specs: list[MemberSpec], directory: Path) -> list[Member]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fmkit import rundir
-from fmkit.errors import FmkitError
+from fmkit.errors import FmkitError, first_line
 
 FOLDER = "checkpoints"
 CONFIG_FILE = "run.json"
@@ -75,7 +75,7 @@ def _read_weights(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
-        raise FmkitError(f"{path}: corrupt or truncated checkpoint ({_first_line(exc)})") from None
+        raise FmkitError(f"{path}: corrupt or truncated checkpoint ({first_line(exc)})") from None
 
 
 def _load_into(model: Any, tensors: dict[str, Any], path: Path) -> None:
@@ -97,13 +97,8 @@ def unreadable_weights(directory: Path, exc: BaseException) -> str:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as damaged:  # safetensors' own error type
-            return f"{path}: corrupt or truncated ({_first_line(damaged)})"
-    return f"{directory}: cannot load the saved model ({type(exc).__name__}: {_first_line(exc)})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+            return f"{path}: corrupt or truncated ({first_line(damaged)})"
+    return f"{directory}: cannot load the saved model ({type(exc).__name__}: {first_line(exc)})"
 
 
 def _sync(directory: Path) -> None:
@@ -224,7 +219,7 @@ class MemberCheckpoints:
         except FileNotFoundError as exc:
             raise FmkitError(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
         except Exception as exc:  # truncated pickle, foreign file, mismatching optimizer groups
-            raise FmkitError(f"{path}: corrupt or truncated checkpoint ({_first_line(exc)})") from None
+            raise FmkitError(f"{path}: corrupt or truncated checkpoint ({first_line(exc)})") from None
         states = trainer["rng"]
         return position, best, states[process] if process < len(states) else states[0]
 

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["sequential", "ray"],
                      help="how ensemble members train: one after another (default) or as Ray tasks")
     run.add_argument("--ray-address", help="Ray cluster for --executor ray (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the resolved configuration and the plan (stages, members, epochs, optimizer steps, "
+                          "where each option comes from), then exit before loading any weights")
 
     plugins = commands.add_parser("plugins", help="list installed plugins by stage, or show one's options")
     plugins.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -62,12 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                     help="an option of the --attack plugin, e.g. pgd.eval_steps=20 (repeatable)")
 
-    pr = commands.add_parser("predict", help="predict labels for a file with a saved run")
+    pr = commands.add_parser("predict", help="predict for a file or standard input with a saved run (a filter)")
     pr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    pr.add_argument("file", type=Path, metavar="FILE")
+    pr.add_argument("file", metavar="FILE", help="input file, or - for standard input (read once)")
     pr.add_argument("--output", "-o", type=Path, help="write here instead of standard output (never overwrites)")
     pr.add_argument("--format", choices=["auto", "conll", "text"], default="auto",
                     help="NER input: CoNLL columns or one sentence a line (default: detect)")
+    pr.add_argument("--output-format", choices=["plain", "jsonl"], default="plain",
+                    help="plain: CoNLL columns (ner) or one label a line; jsonl: one JSON object per input with "
+                         "its entity spans (type, character start/end, text, score) or label probabilities")
+
+    ex = commands.add_parser("export", help="write a run as one plain transformers model (adapters merged)")
+    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ex.add_argument("out", type=Path, metavar="OUT", help="the new model directory (must not exist)")
+
+    cf = commands.add_parser("config", help="print the default run options, or their JSON Schema (for editors)")
+    cf.add_argument("--schema", action="store_true", help="the JSON Schema of a config file's options, with every "
+                                                         "installed plugin's")
+    for each in (ev, pr, ex):
+        each.add_argument("--base-model", metavar="PATH", help="a local copy (or hub id) of the foundation, for runs "
+                                                               "that reload on it and were trained elsewhere")
 
     new = commands.add_parser("new-plugin", help="write a ready pip package for a new plugin")
     new.add_argument("name", metavar="NAME", help="the plugin's name: lower-case letters, digits and underscores")
@@ -89,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser().print_help()
             return 0
         commands = {"run": cmd_run, "plugins": cmd_plugins, "eval": cmd_eval, "predict": cmd_predict,
-                    "new-plugin": cmd_new_plugin}
+                    "export": cmd_export, "config": cmd_config, "new-plugin": cmd_new_plugin}
         return commands[args.command](args)
     except FmkitError as exc:
         print(f"fmkit: error: {exc}", file=sys.stderr)
@@ -117,6 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         file_values = read_config_file(args.config) if args.config else None
         config = build_config(file_values, flags, args.settings, set(available))
     selection = select(config, available)
+    if args.dry_run:
+        from fmkit.plan import plan
+
+        print(plan(config, selection))
+        return 0
 
     from fmkit.pipeline import execute
     from fmkit.train import processes
@@ -241,68 +263,91 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fmkit.artifacts import load
+    import fmkit
 
     if args.settings and not args.attack:
         raise FmkitError("eval --set sets options of the --attack plugin: add --attack NAME")
-    loaded = load(args.run_dir, args.attack, args.settings)
-    examples = read_for_run(loaded.run, args.data)
-    result, predicted = loaded.scorer.evaluate(loaded.ensemble.predict_proba, examples, "eval")
+    predictor = fmkit.load(args.run_dir, base_model=args.base_model, attack=args.attack, settings=args.settings)
+    result = predictor.evaluate(args.data)
     report = result.pop("report")
-    result["examples"] = len(examples)
-    if loaded.attacks:
-        from fmkit.assess import attack_targets, robust_metrics
-        from fmkit.evaluate import softmax_predictor
-
-        result["robust"] = {}
-        for member, model in attack_targets(loaded.ensemble).items():  # the combination, or each member
-            clean = predicted if member is None else loaded.scorer.predict(softmax_predictor(model), examples, "eval")
-            robust = robust_metrics(loaded.scorer, model, loaded.attacks, {"eval": examples}, {"eval": clean})
-            suffix = "" if member is None else f" ({member})"
-            result["robust"].update({name + suffix: by_split["eval"] for name, by_split in robust.items()})
     if args.json:
         print(json.dumps(result))
     else:
         label = str(args.data)
-        table = {"task": loaded.run.task.kind, label: result,
+        table = {"task": predictor.task, label: result,
                  "robust": {name: {label: r} for name, r in result.get("robust", {}).items()}}
         print(format_metrics(table, splits=[label]))
         print(report)
     return 0
 
 
-def read_for_run(run: Any, path: Path) -> list:
-    """Read the labelled ``path`` as the saved run's task reads it; NER tags are brought to the run's scheme."""
-    from fmkit.data import read_examples
-    from fmkit.data.schemes import detect_scheme, iob1_to_iob2
-
-    examples = read_examples(run.config, path)
-    if run.task.kind == "ner" and detect_scheme([e.tags for e in examples]) == "IOB1" and run.task.scheme == "IOB2":
-        for e in examples:
-            e.tags = iob1_to_iob2(e.tags)
-    return examples
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Read the input once (a file, or standard input for ``-``), predict, write CoNLL columns, labels or JSON
+    lines. An empty input writes nothing."""
+    import fmkit
     from fmkit import rundir
+    from fmkit.data.readers import input_content
 
     if args.output is not None and args.output.exists():
         raise FmkitError(f"--output {args.output} already exists; choose another path")
-    from fmkit.artifacts import load
-    from fmkit.data import read_unlabeled
-
-    loaded = load(args.run_dir)
-    examples = read_unlabeled(loaded.run.config, args.file, args.format)
-    predicted = loaded.scorer.predict(loaded.ensemble.predict_proba, examples, "predict")
-    if loaded.run.task.kind == "ner":
-        text = "\n".join("\n".join(f"{w}\t{t}" for w, t in zip(e.words, tags)) + "\n" for e, tags in zip(examples, predicted))
+    predictor = fmkit.load(args.run_dir, base_model=args.base_model)
+    data = read_input(args.file)
+    if not data.strip():
+        return 0
+    name = Path(args.file) if args.file != "-" else stdin_name(predictor.task, data)
+    with input_content(name, data):
+        predictions = predictor.predict_file(name, args.format)
+    if args.output_format == "jsonl":
+        text = "".join(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in predictions)
+    elif predictor.task == "ner":
+        text = "\n".join("".join(f"{w}\t{t}\n" for w, t in zip(p.words, p.tags)) for p in predictions)
     else:
-        text = "".join(f"{label}\n" for label in predicted)
+        text = "".join(f"{p.label}\n" for p in predictions)
     if args.output is None:
         sys.stdout.write(text)
     else:
         rundir.write_text(args.output, text)
-        print(f"predictions for {len(examples)} examples written to {args.output}", file=sys.stderr)
+        print(f"predictions for {len(predictions)} examples written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def read_input(file: str) -> bytes:
+    """The whole input, read once: standard input for ``-`` (a pipe cannot be read twice), else the file."""
+    if file == "-":
+        return sys.stdin.buffer.read()
+    path = Path(file)
+    if not path.exists():
+        raise FmkitError(f"{path}: file does not exist")
+    if path.is_dir():
+        raise FmkitError(f"{path}: is a directory, expected a file")
+    return path.read_bytes()
+
+
+def stdin_name(task: str, data: bytes) -> Path:
+    """What standard input is called in errors, with the suffix the task's readers go by: JSON lines when
+    the first line is an object, else one text a line (classify)."""
+    if task == "ner":
+        return Path("<stdin>")
+    return Path("<stdin>.jsonl" if data.lstrip().startswith(b"{") or task == "multimodal" else "<stdin>.txt")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import fmkit
+
+    out = fmkit.export(args.run_dir, args.out, base_model=args.base_model)
+    print(f"exported {args.run_dir} as a plain transformers model in {out}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from fmkit.config import RunConfig, config_schema
+    from fmkit.registry import discover
+
+    if args.schema:
+        plugins = {i.name: i.cls.Options for i in discover().values() if i.cls is not None}
+        print(json.dumps(config_schema(plugins), indent=2))
+    else:
+        print(json.dumps(RunConfig().model_dump(mode="json", exclude={"plugin_options"}), indent=2))
     return 0
 
 

@@ -32,15 +32,30 @@ class DataConfig(BaseModel):
         (0.8, 0.1, 0.1), description="train/dev/test fractions when a single file must be split (seeded)"
     )
     limit: int | None = Field(None, ge=1, description="train on at most this many examples after splitting (quick checks)")
-    text_column: str = Field("text", description="classify: column/key holding the text")
+    text_column: str | list[str] = Field(
+        "text", description="classify, multimodal: column/key holding the text, or a list of them (joined with ' | ', "
+        "empty ones skipped)")
     text_pair_column: str | None = Field(None, description="classify: column/key holding a second text (pairs)")
-    label_column: str = Field("label", description="classify: column/key holding the label")
+    label_column: str = Field("label", description="classify, multimodal: column/key holding the label")
     image_column: str = Field(
-        "image", description="multimodal: key holding the image: a PNG/JPEG or .npy path (relative to the file) "
-        "or a nested list of pixels"
+        "image", description="multimodal: column/key holding the image: a PNG/JPEG or .npy path (relative to the "
+        "file) or, in JSONL, a nested list of pixels"
     )
     feature_columns: list[str] = Field(
-        ["features"], description="multimodal: keys holding numeric features (each a number or a list of numbers)"
+        ["features"], description="multimodal: numerical columns/keys (a JSONL key may hold a list of numbers); "
+        "missing values take the training median plus a 'was missing' indicator (docs/fusion.md)"
+    )
+    categorical_columns: list[str] = Field(
+        [], description="multimodal: categorical columns/keys, each a learned embedding; a category unseen in "
+        "training maps to a reserved 'unknown' entry"
+    )
+    numeric_transform: Literal["standard", "quantile"] = Field(
+        "standard", description="multimodal: numbers standardised (mean 0, sd 1) or quantile-transformed to a normal "
+        "distribution, with statistics of the training split"
+    )
+    all_as_text: bool = Field(
+        False, description="classify, multimodal: write the categorical and feature columns into the text as "
+        "'column: value' instead (the 'all columns as text' baseline)"
     )
     image_size: int = Field(32, ge=4, description="multimodal: images are resized to this many pixels a side")
     allow_missing: bool = Field(
@@ -64,6 +79,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="sentences per training batch")
     eval_batch_size: int = Field(64, ge=1, description="sentences per prediction batch")
     lr: float = Field(1e-4, gt=0, description="peak learning rate of AdamW (linear warm-up, then linear decay)")
+    new_lr: float | None = Field(
+        None, gt=0, description="peak learning rate of the modules the model builder creates from scratch (a task "
+        "head, fusion modules, an image encoder trained from scratch); none = train.lr for every parameter")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and LayerNorm)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps spent warming up the learning rate")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
@@ -138,7 +156,50 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise FmkitError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {first}") from None
     if not isinstance(data, dict):
         raise FmkitError(f"{path}: the top level must be a mapping of options")
-    return data
+    return run_options(path, data) if RUN_RECORD_KEYS <= set(data) else data
+
+
+RUN_RECORD_KEYS = {"fmkit_version", "config"}  # what marks a run's own config.json
+NEW_RUN_KEYS = ("name", "overwrite")  # a reproduction is a new run: these are the new one's
+
+
+def run_options(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The options of the run whose record (``runs/NAME/config.json``) is ``record``, every one resolved, so
+    that a run started from them reproduces it; its name is the new run's (a timestamp unless given)."""
+    check_version(path, record["fmkit_version"])
+    options = dict(record["config"])
+    for key in NEW_RUN_KEYS:
+        options.pop(key, None)
+    plugin_options = options.pop("plugin_options", {}) or {}
+    return {**options, **plugin_options}
+
+
+def check_version(record_file: Path, version: str | None) -> None:
+    """A run recorded by a newer fmkit may hold what this one cannot read: say so, rather than fail later."""
+    import fmkit
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        newer = version is not None and Version(version) > Version(fmkit.__version__)
+    except InvalidVersion:
+        newer = True
+    if newer:
+        raise FmkitError(f"{record_file}: made by fmkit {version}, newer than this fmkit {fmkit.__version__}: "
+                         "upgrade fmkit to use it")
+
+
+def config_schema(plugins: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """The JSON Schema of a config file (for editors): the run's options and, under each installed plugin's
+    name, that plugin's Options."""
+    schema = RunConfig.model_json_schema()
+    schema["properties"].pop("plugin_options", None)
+    definitions = schema.setdefault("$defs", {})
+    for name, options in sorted(plugins.items()):
+        own = options.model_json_schema()
+        definitions.update(own.pop("$defs", {}))
+        schema["properties"][name] = own
+    schema["additionalProperties"] = False
+    return schema
 
 
 def _read_text(path: Path) -> str:

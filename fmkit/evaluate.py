@@ -20,8 +20,8 @@ from fmkit.types import Task
 PredictFn = Callable[[dict], Any]  # batch -> class probabilities (torch.Tensor)
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids",
-                "pixel_values", "features", "image_missing", "features_missing")  # the last four: multimodal
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids",  # then the multimodal ones:
+                "pixel_values", "features", "categories", "image_missing", "features_missing")
 
 
 def model_inputs(batch: dict) -> dict:

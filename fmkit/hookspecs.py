@@ -7,7 +7,8 @@ so a hook body never has to check whether it was asked for. The core registers i
 last (``fmkit.defaults``): a text-only model when no fuse plugin answers, one member when no combine
 plugin does. The ``*_load`` hooks rebuild what ``adapt`` and ``combine`` produced from a saved run
 directory, for ``fmkit eval`` and ``fmkit predict``; ``fmkit_adapt_share`` and ``fmkit_adapt_merge``
-are what the adapt stage tells the combine stage about its models.
+are what the adapt stage tells the combine stage about its models, and ``fmkit_adapt_base`` what the run
+directory saves beside an adapter.
 
 Every hook receives the ``Run``: what one stage hands a later one travels on it (``run.foundation``,
 ``run.data``, ``run.plugin_state``), never on plugin instances, so a Ray worker that rebuilds the run
@@ -109,12 +110,29 @@ def fmkit_adapt_merge(run: Run, model: nn.Module) -> nn.Module:
     """
 
 
+@hookspec(firstresult=True)
+def fmkit_adapt_base(run: Run, model: nn.Module) -> nn.Module | None:
+    """Return the plain task model under ``model``'s adaptation (the frozen backbone and a head, the
+    adapter taken out), without changing ``model``; or None when ``model`` saves whole.
+
+    The core saves it beside what ``model.save_pretrained`` writes (in ``model/``, or ``model/base/`` once
+    for all the members of an ensemble), so the standard transformers call loads an adapter run with its
+    label maps and without the foundation, and ``fmkit_adapt_load`` later receives a builder whose
+    ``build()`` returns it. An adapter returns its backbone unloaded (PEFT ``unload``); a full fine-tune
+    leaves it (no plugin answers: None); a method transformers cannot load beside its base (prompt or
+    prefix tuning) returns None too, and its runs reload on the foundation.
+    """
+
+
 @hookspec
 def fmkit_harden(run: Run) -> Hardener:
     """Return a Hardener that makes training adversarial and attacks models for robust evaluation.
 
-    Called once per run. Several harden plugins may be selected; their Hardeners act in selection
-    order, each on every training batch (their gradients add up). With none, training is clean.
+    Called once per run. Several harden plugins may be selected; their Hardeners act in the order of
+    the plugins' names, each on every training batch with ``backward`` scaling its loss by 1/n, so the
+    step trains on their mean (the gradients add, whatever the order; what differs with the order is
+    only which random numbers each draws, hence the fixed one). Robust evaluation scores the model
+    under each attack separately. With none, training is clean.
     """
 
 
@@ -143,4 +161,15 @@ def fmkit_combine_load(run: Run, members: list[Member], state: dict[str, Any], d
     Called by ``fmkit eval`` / ``fmkit predict`` for runs that had a combine plugin. ``directory`` is
     the run's ``model/`` folder, where the optional ``Ensemble.save`` wrote its files. Members that
     share a backbone in training share one again here.
+    """
+
+
+@hookspec
+def fmkit_plan(run: Run) -> list[str]:
+    """Say what this plugin will do in this run, as a few lines for ``fmkit run --dry-run``.
+
+    Called instead of the stages, before any weights load (``run.foundation`` is None; ``run.data`` is
+    the data as read, before the data stage). A combine plugin lists its members: what each trains on,
+    which epochs, from where; other plugins the cost or choice a user should know of (ascent steps per
+    batch, the adapter's size). Optional: the core plans the stages and the training schedule itself.
     """

@@ -47,20 +47,65 @@ class TextModelBuilder:
         raise FmkitError(f"task {self.task.kind!r} needs a fuse plugin (e.g. --plugins concat)")
 
     def build(self) -> Any:
+        """The pretrained backbone with a new task head (marked new: ``train.new_lr`` applies to it)."""
         with quiet_transformers():
-            return self._auto_class().from_pretrained(
+            model = self._auto_class().from_pretrained(
                 self.foundation.path,
                 num_labels=len(self.task.labels),
                 id2label=dict(enumerate(self.task.labels)),
                 label2id=self.task.label2id,
                 trust_remote_code=self.trust_remote_code,
             )
+        backbone = model.base_model
+        mark_new(*(child for child in model.children() if child is not backbone))
+        return model
 
     def load(self, directory: Path) -> Any:
-        if not (Path(directory) / "config.json").is_file():
+        """The whole model saved in ``directory``; beside a saved adapter (a run's ``model/``), the plain model
+        alone, which ``from_pretrained`` would return with the adapter already on it."""
+        directory = Path(directory)
+        if not (directory / "config.json").is_file():
             raise FmkitError(f"{directory}: no saved model (config.json missing)")
         with quiet_transformers():
-            return self._auto_class().from_pretrained(directory, trust_remote_code=self.trust_remote_code)
+            if not (directory / "adapter_config.json").is_file():
+                return self._auto_class().from_pretrained(directory, trust_remote_code=self.trust_remote_code)
+            from safetensors.torch import load_file
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(directory, trust_remote_code=self.trust_remote_code)
+            model = self._auto_class().from_config(config, trust_remote_code=self.trust_remote_code)
+        model.load_state_dict(load_file(directory / "model.safetensors"))
+        return model
+
+
+NEW_MODULE = "fmkit_new"  # the attribute that marks a module created from scratch; copies of the module keep it
+
+
+def mark_new(*modules: Any, new: bool = True) -> None:
+    """Mark modules that a ModelBuilder creates from scratch (a head, fusion layers, an encoder without
+    pretrained weights): the optimizer gives their parameters ``train.new_lr``, every other parameter
+    ``train.lr``. ``new=False`` marks a pretrained module inside a new one (a pretrained vision model in
+    a new image branch): the nearest marked ancestor decides. A builder marks them in ``build``; the
+    mark is a plain attribute, so it survives ``copy.deepcopy`` (ensemble members) and wrappers that
+    keep or copy the module (PEFT's ``modules_to_save``). Adapter weights that the adapt stage adds
+    inside the pretrained backbone stay unmarked: they train at ``train.lr``, the rate adapt plugins set."""
+    for module in modules:
+        setattr(module, NEW_MODULE, new)
+
+
+def new_parameters(model: Any) -> set[int]:
+    """The ids of the parameters whose nearest marked module is marked new (see ``mark_new``)."""
+    found: set[int] = set()
+
+    def walk(module: Any, inherited: bool) -> None:
+        new = getattr(module, NEW_MODULE, inherited)
+        if new:
+            found.update(id(p) for p in module.parameters(recurse=False))
+        for child in module.children():
+            walk(child, new)
+
+    walk(model, False)
+    return found
 
 
 def output_layer(module: Any, num_labels: int) -> Any:

@@ -16,10 +16,11 @@ from fmkit.data import load_task_data, read_examples, read_unlabeled
 from fmkit.data.batching import prediction_batches
 from fmkit.data.encode import IGNORE, Feature, encode
 from fmkit.data.readers import Sentence, TextExample
-from fmkit.errors import FmkitError
+from fmkit.errors import FmkitError, first_line
 from fmkit.evaluate import (example_probs, gold_labels, labels_from_probs, member_probabilities, model_inputs,
                             scores, softmax_predictor)
-from fmkit.model import TextModelBuilder, count_parameters, output_layer, quiet_transformers
+from fmkit.hub import cached_id as hub_cached_id, snapshot as hub_snapshot
+from fmkit.model import TextModelBuilder, count_parameters, mark_new, output_layer, quiet_transformers
 from fmkit.registry import create as create_plugin
 from fmkit.train import accelerator_for, forward_logits, task_loss
 from fmkit.types import (Batch, Ensemble, Example, FitCallback, Foundation, Hardener, Member, MemberSpec, ModelBuilder,
@@ -27,18 +28,20 @@ from fmkit.types import (Batch, Ensemble, Example, FitCallback, Foundation, Hard
 
 __all__ = [
     # marking hooks, and user errors
-    "hookimpl", "FmkitError", "__version__",
+    "hookimpl", "FmkitError", "first_line", "__version__",
     # what the stages exchange (fmkit.hookspecs declares the stages)
     "Run", "Task", "TaskData", "Example", "Sentence", "TextExample", "Foundation", "ModelBuilder", "Hardener",
     "SharedBackbone", "FitCallback", "MemberSpec", "Member", "Ensemble", "Batch", "RunConfig", "TrainConfig",
     # data: reading, encoding and batching as the core does
     "load_task_data", "read_examples", "read_unlabeled", "encode", "Feature", "IGNORE", "prediction_batches",
     # models and training
-    "TextModelBuilder", "DEFAULT_MODEL", "count_parameters", "output_layer", "quiet_transformers",
+    "TextModelBuilder", "DEFAULT_MODEL", "count_parameters", "mark_new", "output_layer", "quiet_transformers",
     "accelerator_for", "forward_logits", "task_loss", "model_inputs",
     # prediction and metrics
     "softmax_predictor", "member_probabilities", "example_probs", "labels_from_probs", "gold_labels", "scores",
     "Scorer",
     # other runs and plugins
     "load_run", "LoadedRun", "create_plugin",
+    # the Hugging Face Hub, through huggingface_hub
+    "hub_snapshot", "hub_cached_id",
 ]

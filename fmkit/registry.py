@@ -161,13 +161,15 @@ def lookup(name: str, available: dict[str, PluginInfo]) -> PluginInfo:
     return info
 
 
-def select(config: RunConfig, available: dict[str, PluginInfo] | None = None) -> Selection:
+def select(config: RunConfig, available: dict[str, PluginInfo] | None = None, check: bool = True) -> Selection:
     """Choose, validate and instantiate the run's plugins; register them, then the core's fallbacks
-    (``fmkit.defaults``), in a fresh plugin manager.
+    (``fmkit.defaults``), in a fresh plugin manager. ``check=False`` skips the plugins' ``check`` of the
+    training inputs (a saved run reloads elsewhere, without the foundation or files it was trained on).
 
     Fails (FmkitError) before any weights load: unknown or broken plugin, two plugins for a stage
     that takes one, options for a plugin that is not selected, options that do not validate, or a
-    capability one plugin requires that no other provides.
+    capability one plugin requires that no other provides. The plugins are held, registered and called
+    in the order of their names, so a run never depends on the order of ``--plugins``.
     """
     available = discover() if available is None else available
     names = list(dict.fromkeys(config.plugins))
@@ -194,10 +196,10 @@ def select(config: RunConfig, available: dict[str, PluginInfo] | None = None) ->
         if name not in infos:
             raise FmkitError(f"options given for plugin {name!r}, which is not selected (add it to --plugins)")
 
-    plugins = [instantiate(infos[name], config.plugin_options.get(name, {})) for name in names]
+    plugins = [instantiate(infos[name], config.plugin_options.get(name, {})) for name in sorted(names)]
     check_capabilities(plugins)
     for plugin in plugins:  # optional early checks against the whole config (paths, combinations)
-        if callable(getattr(plugin, "check", None)):
+        if check and callable(getattr(plugin, "check", None)):
             plugin.check(config)
     return Selection(plugins=plugins, infos=infos, manager=plugin_manager(plugins))
 
@@ -256,14 +258,39 @@ def plugin_manager(plugins: list[Any]) -> Any:
     return manager
 
 
-def with_train_defaults(config: RunConfig, selection: Selection) -> RunConfig:
-    """Plugins may bring better training defaults (``train_defaults``, e.g. a higher LR for LoRA);
-    anything the user set explicitly wins."""
-    update = {}
-    for plugin in selection.plugins:
+def train_default_sources(config: RunConfig, selection: Selection) -> dict[str, tuple[Any, str]]:
+    """``{option: (value, who)}`` for every ``train.*`` option: set by the user ("you"), brought by
+    plugins (``train_defaults``: "plugin NAME", or "plugins A, B" when they agree) or fmkit's default.
+
+    The composition rule: a plugin's default applies only where the user set nothing; plugins that bring
+    the same value agree; two plugins that bring different values for an option the user did not set are
+    an error naming both and the option, before any weights load. Never the order of ``--plugins``."""
+    brought: dict[str, dict[str, Any]] = {}
+    for plugin in sorted(selection.plugins, key=lambda p: p.name):
         for key, value in getattr(plugin, "train_defaults", {}).items():
-            if key not in config.train.model_fields_set:
-                update[key] = value
+            brought.setdefault(key, {})[plugin.name] = value
+    sources: dict[str, tuple[Any, str]] = {}
+    for key in type(config.train).model_fields:
+        if key in config.train.model_fields_set:
+            sources[key] = (getattr(config.train, key), "you")
+        elif key in brought:
+            values = brought[key]
+            if len(set(map(repr, values.values()))) > 1:
+                (a, va), (b, vb) = list(values.items())[:2]
+                raise FmkitError(f"plugins {a!r} and {b!r} bring different defaults for train.{key} ({va!r} and {vb!r}): "
+                                 f"choose one, e.g. --set train.{key}={va!r}")
+            names = ", ".join(values)
+            sources[key] = (next(iter(values.values())), f"plugin{'s' if len(values) > 1 else ''} {names}")
+        else:
+            sources[key] = (getattr(config.train, key), "default")
+    return sources
+
+
+def with_train_defaults(config: RunConfig, selection: Selection) -> RunConfig:
+    """``config`` with the plugins' training defaults applied by the composition rule of
+    ``train_default_sources`` (what the user set wins; disagreeing plugins are an error)."""
+    update = {key: value for key, (value, who) in train_default_sources(config, selection).items()
+              if who.startswith("plugin")}
     if not update:
         return config
     return config.model_copy(update={"train": config.train.model_copy(update=update)})
@@ -275,7 +302,20 @@ def options_table(cls: type) -> list[tuple[str, str, str, str]]:
     model = cls if issubclass(cls, BaseModel) else cls.Options
     rows = []
     for field_name, f in model.model_fields.items():
-        annotation = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
         default = f.default_factory() if f.default_factory else f.default
-        rows.append((field_name, annotation, repr(default), f.description or ""))
+        rows.append((field_name, type_name(f.annotation), repr(default), f.description or ""))
     return rows
+
+
+def type_name(annotation: Any) -> str:
+    """How an option's type reads for a user: a fixed set of values as its choices (``lora | ia3``), not
+    ``Literal[...]``; ``int | None`` for optional ones; a class by its name."""
+    import types
+    import typing
+
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(map(str, arguments))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else type_name(a) for a in arguments)
+    return str(annotation).replace("typing.", "") if arguments else getattr(annotation, "__name__", str(annotation))

@@ -1,6 +1,6 @@
 """The stages whose answers the core combines by a rule of its own, rather than taking the first:
-data plugins chained in name order, hardeners in selection order. Everything else is one call of
-``run.hook``."""
+data plugins chained, hardeners side by side, both in the order of the plugins' names (never the order of
+``--plugins``). Everything else is one call of ``run.hook``."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def transform_data(run: Run) -> TaskData:
 
 
 def hardeners(run: Run) -> list[Hardener]:
-    """The harden stage's Hardeners, in the order the plugins were selected."""
-    return list(reversed(run.hook.fmkit_harden(run=run)))  # pluggy answers last-registered first
+    """The harden stage's Hardeners in the order of their plugins' names (the registry registers plugins in
+    that order; pluggy answers last-registered first)."""
+    return list(reversed(run.hook.fmkit_harden(run=run)))
 
 
 def attacks(hardeners: list[Any]) -> dict[str, Any]:

@@ -41,6 +41,21 @@ def make_tiny_model(directory: Path, **config_overrides: object) -> Path:
     return Path(directory)
 
 
+def put_in_hub_cache(model_dir: Path, cache_dir: Path, hub_id: str) -> Path:
+    """Copy ``model_dir`` into ``cache_dir`` as huggingface_hub caches the hub model ``hub_id`` (one snapshot,
+    ``refs/main`` pointing at it): with ``HF_HUB_CACHE=cache_dir`` and offline, ``hub_id`` loads as if it had
+    been downloaded. For tests of what names a model by its hub id, without the hub."""
+    import shutil
+
+    revision = "0" * 40
+    repository = Path(cache_dir) / f"models--{hub_id.replace('/', '--')}"
+    (repository / "refs").mkdir(parents=True, exist_ok=True)
+    (repository / "refs" / "main").write_text(revision)
+    snapshot = repository / "snapshots" / revision
+    shutil.copytree(model_dir, snapshot)
+    return snapshot
+
+
 def synthetic_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
     """Names are persons, cities (and 'new york') are places: learnable from the word alone."""
     rng = random.Random(seed)

@@ -126,15 +126,11 @@ class Trainer:
         from transformers import get_linear_schedule_with_warmup
 
         settings, accelerator = self.settings, self.accelerator
-        no_decay = [p for p in self.trainable if p.ndim < 2]
-        decay = [p for p in self.trainable if p.ndim >= 2]
         # The fused kernel updates every tensor in one pass: on CPU the per-tensor default spends ~7x
         # longer per step on a MiniLM (a quarter of a training step); the Trainer uses it too.
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in self.trainable)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=settings.lr, fused=fused or None,
-        )
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, self.trainable, settings), lr=settings.lr,
+                                      fused=fused or None)
         self.sampler = BucketBatchSampler(data.lengths, settings.batch_size, shuffle=True, seed=seed)
         loader = DataLoader(data, batch_sampler=self.sampler, collate_fn=Collator(pad_id, weights))
         total_steps = len(self.sampler) * settings.epochs
@@ -265,7 +261,7 @@ class Trainer:
                  f"dev {primary} {score:.4f}" + (" *" if score > position.best_score else ""))
         if score > position.best_score:
             position.best_score, position.best_epoch, position.best_dev, position.stale = score, epoch, dev, 0
-            self.best_state = {n: p.detach().clone() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+            self.best_state = {n: t.detach().clone() for n, t in self._kept()}
         else:
             position.stale += 1
             position.stopped = bool(self.settings.patience and position.stale >= self.settings.patience)
@@ -292,9 +288,33 @@ class Trainer:
         if self.best_state is None:
             return
         with torch.no_grad():
-            for n, p in self.unwrapped.named_parameters():
+            for n, t in self._kept():
                 if n in self.best_state:
-                    p.copy_(self.best_state[n])
+                    t.copy_(self.best_state[n])
+
+    def _kept(self) -> list[tuple[str, Any]]:
+        """What the best epoch keeps: the trained parameters and floating-point buffers (the running
+        statistics of a batch norm, which belong to the weights they were gathered with)."""
+        parameters = [(n, p) for n, p in self.unwrapped.named_parameters() if p.requires_grad]
+        return parameters + [(n, b) for n, b in self.unwrapped.named_buffers() if b.is_floating_point()]
+
+
+def parameter_groups(model: Any, trainable: list, settings: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: no weight decay on biases and norms (tensors of one dimension), and
+    ``train.new_lr`` for the parameters of modules the builder marked new (``fmkit.model.mark_new``),
+    ``train.lr`` for the rest. Groups of equal settings are one group, so without ``new_lr`` the
+    optimizer is exactly the one-rate optimizer."""
+    from fmkit.model import new_parameters
+
+    new = new_parameters(model) if settings.new_lr is not None else set()
+    groups: dict[tuple[float, float], list] = {}
+    for decays in (True, False):
+        for fresh in (False, True):
+            rate = settings.new_lr if fresh else settings.lr
+            chosen = [p for p in trainable if (p.ndim >= 2) == decays and (id(p) in new) == fresh]
+            if chosen:
+                groups.setdefault((rate, settings.weight_decay if decays else 0.0), []).extend(chosen)
+    return [{"params": params, "lr": rate, "weight_decay": decay} for (rate, decay), params in groups.items()]
 
 
 def _all_finite(accelerator: Any, loss: float, grad_norm: Any) -> bool:

@@ -22,7 +22,7 @@ Batch = dict[str, "torch.Tensor"]
 """A padded batch: ``input_ids``, ``attention_mask`` (+ ``token_type_ids``), ``labels`` when known,
 ``weights`` (per-example loss weights) when a combine plugin sets them. Multimodal batches also carry
 ``pixel_values`` (float32 N x 3 x H x W in [0, 1]; the model normalises) and/or ``features`` (float32
-N x F, standardised), and ``image_missing`` / ``features_missing`` (bool N) when rows may lack one."""
+N x F, encoded with the training split's statistics) and ``categories`` (int64 N x C, 0 = unknown), and ``image_missing`` / ``features_missing`` (bool N) when rows may lack one."""
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Foundation:
     path: str
     tokenizer: Any
     source: str = ""  # what the user named: package, directory or hub id
+    origin: str = ""  # the hub id these exact weights come from, when known: how a saved run names its base model
 
 
 @runtime_checkable
@@ -73,7 +74,9 @@ class ModelBuilder(Protocol):
     """What the fuse stage returns: makes task models (encoder + head) for ``run.task``."""
 
     def build(self) -> nn.Module:
-        """A fresh task model: pretrained encoder, newly initialised head."""
+        """A fresh task model: pretrained encoder, newly initialised head. The builder marks the modules it
+        creates from scratch with ``fmkit.plugin.mark_new``, so that ``train.new_lr`` reaches them; a
+        model with no marks trains at ``train.lr`` throughout."""
 
     def load(self, directory: Path) -> nn.Module:
         """A whole task model saved with ``save_pretrained`` in ``directory``."""
@@ -183,6 +186,11 @@ class Ensemble(Protocol):
     # is ``predict_proba``), or None: robust evaluation then attacks the members one by one. When that
     # model holds several members' activations in one backward, its ``attack_slices = k`` has each
     # batch attacked in k slices, so the attack needs one member's memory.
+    # For use without fmkit (the run's README.md, ``fmkit export``): ``standalone``, the folder of ``model/``
+    # where ``save`` wrote the combination as one plain task model (a soup), or ``combine_code()``: Python
+    # that sets ``combined``, the combination's probabilities, from ``probs`` (one torch tensor per member,
+    # in ensemble.json's order, (tokens, classes) or (classes,)), ``state`` (what ``state()`` saved) and
+    # ``model_dir`` (the run's ``model/`` folder).
 
 
 class Run:

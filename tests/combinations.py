@@ -34,8 +34,8 @@ INCOMPATIBLE: dict[tuple[str, ...], str] = {
     ("adapter", "probe"): "fmkit: error: plugins 'adapter' and 'probe' both serve the adapt stage, which takes one",
     ("concat", "task=ner"): "fmkit: error: plugin 'concat' fuses modalities: use it with --task multimodal",
     ("adapter", "soup", "adapter.method=prompt"): "fmkit: error: plugin 'soup' requires members whose training folds "
-                                                  "into plain model weights ('merge'), which none of hf, adapter "
-                                                  "(adapter.method=prompt) provides",
+                                                  "into plain model weights ('merge'), which none of adapter "
+                                                  "(adapter.method=prompt), hf provides",
 }
 
 

@@ -116,7 +116,7 @@ def config_with(plugins, settings=()):
 
 def test_selection_adds_stage_defaults_and_validates_options():
     selection = select(config_with("fake_pgd", ["fake_pgd.steps=7"]), fake_available())
-    assert [p.name for p in selection.plugins] == ["full", "hf", "fake_pgd"]
+    assert [p.name for p in selection.plugins] == ["fake_pgd", "full", "hf"], "in the order of their names"
     assert selection.manager.hook.fmkit_harden(run=None) == [("pgd", 7)]
     assert selection.describe()["fake_pgd"] == {"stage": "harden", "package": "fake-dist", "version": "1.0",
                                                 "options": {"steps": 7, "epsilon": 1.0}}
@@ -170,7 +170,7 @@ def test_plugins_bring_training_defaults_the_user_did_not_set():
     from fmkit.registry import with_train_defaults
 
     def effective(*settings: str):
-        config = build_config({}, {"plugins": ["adapter", "bagging"]}, list(settings), set(discover()))
+        config = build_config({}, {"plugins": ["adapter", "stacking"]}, list(settings), set(discover()))
         return with_train_defaults(config, select(config)).train
 
     train = effective()

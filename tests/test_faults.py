@@ -129,9 +129,13 @@ def test_ensemble_resumes_with_its_trained_members_restored(tiny_model, ner_file
     assert main([*run_args(ner_files, tiny_model, runs, "whole"), *bagging]) == 0
     save_done = MemberCheckpoints.save_done
 
-    def interrupted(self, weights, record):  # Ctrl-C right after the first member is recorded
+    recorded = []
+
+    def interrupted(self, weights, record):  # Ctrl-C right after the trunk and the first member are recorded
         save_done(self, weights, record)
-        raise KeyboardInterrupt
+        recorded.append(record)
+        if len(recorded) == 2:
+            raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MemberCheckpoints, "save_done", interrupted)
@@ -139,7 +143,8 @@ def test_ensemble_resumes_with_its_trained_members_restored(tiny_model, ner_file
     assert main(["run", "--resume", str(runs / "cut")]) == 0
     events = [json.loads(line) for line in (runs / "cut" / "log.jsonl").read_text().splitlines()]
     assert [(e["name"], e.get("restored", False)) for e in events if e["event"] == "member"] == \
-        [("m1", False), ("m1", True), ("m2", False)], "m1 is restored, not trained again"
+        [("trunk", False), ("m1", False), ("trunk", True), ("m1", True), ("m2", False)], \
+        "the trunk and m1 are restored, not trained again"
     for name in ("m1", "m2"):
         a, b = (load_file(str(runs / r / "model" / "members" / name / "model.safetensors")) for r in ("cut", "whole"))
         assert all(bool((a[k] == b[k]).all()) for k in a), name

@@ -104,7 +104,7 @@ def test_tables_tsv_csv_jsonl(tmp_path):
     ("name", "text", "message"),
     [
         ("d.tsv", "text\tlabel\nonly one field\n", r"d.tsv:2: expected 2 fields"),
-        ("d.tsv", "text\tgold\nhi\tx\n", r"d.tsv:2: no 'label' field"),
+        ("d.tsv", "text\tgold\nhi\tx\n", r"d.tsv: data.label_column: no column 'label'; the columns are 'text', 'gold'$"),
         ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label"\n', r"d.jsonl:2: not valid JSON"),
         ("d.jsonl", '{"text": "", "label": "x"}\n', r"d.jsonl:1: empty 'text'"),
     ],

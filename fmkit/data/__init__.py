@@ -35,19 +35,23 @@ def read_examples(config: RunConfig, path: Path, labeled: bool = True) -> list[E
     """Read one file of the run's task."""
     if config.task == "ner":
         return read_conll(path, labeled=labeled)
+    from fmkit.data.multimodal import read_multimodal, tabular_columns
+
     if config.task == "classify":
         d = config.data
-        return read_table(path, d.text_column, d.label_column if labeled else None, d.text_pair_column)
-    from fmkit.data.multimodal import read_multimodal
-
+        tabular = tabular_columns(d)
+        if tabular and not d.all_as_text:
+            raise FmkitError(f"{', '.join(tabular)}: --task classify reads text only; set data.all_as_text=true to "
+                             "write these columns into the text, or use --task multimodal with a fuse plugin")
+        return read_table(path, d.text_column, d.label_column if labeled else None, d.text_pair_column, tabular)
     return read_multimodal(path, config.data, labeled=labeled)
 
 
 def read_unlabeled(config: RunConfig, path: Path, fmt: str = "auto") -> list[Example]:
     """Inputs to predict, without labels: for ner a CoNLL file (any tag column ignored) or plain text, one
-    sentence a line, words split on whitespace (``fmt`` "conll" or "text"; "auto" tells them apart by their
-    shape, so a user need not say which); the task's table, JSONL or, for classify, a .txt of one text a line
-    otherwise (``fmt`` applies to ner only)."""
+    sentence a line, cut into words as tweet corpora are (``fmt`` "conll" or "text"; "auto" tells them apart
+    by their shape, so a user need not say which); the task's table, JSONL or, for classify, a .txt of one
+    text a line otherwise (``fmt`` applies to ner only)."""
     if config.task == "ner":
         if fmt == "auto":
             fmt = "conll" if looks_like_conll(path) else "text"
@@ -104,9 +108,14 @@ def load_task_data(config: RunConfig) -> tuple[Task, TaskData]:
     else:
         task = _classify_task(train, {"dev": (d.dev or train_path, dev), "test": (d.test or train_path, test)})
     if config.task == "multimodal":
-        from fmkit.data.multimodal import task_inputs
+        from fmkit.data.multimodal import task_inputs, unseen_categories
 
         task = Task("multimodal", task.labels, inputs=task_inputs(d, train, [dev, test]))  # train-split statistics
+        for name, part in (("dev", dev), ("test", test)):
+            unseen = unseen_categories(part, task.inputs)
+            if unseen:
+                description += (f"; {name}: categories unseen in training, read as 'unknown': "
+                                + ", ".join(f"{column} {count}" for column, count in unseen.items()))
     return task, TaskData(train=train, dev=dev, test=test, description=description)
 
 

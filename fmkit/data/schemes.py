@@ -64,3 +64,18 @@ def allowed_transitions(labels: list[str], scheme: str) -> tuple[list[bool], lis
     follow = [[ok(a, b) for b in labels] for a in labels]
     end = [ok(label, None) for label in labels]
     return start, follow, end
+
+
+def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word) of each entity in an IOB2 or IOBES tag sequence: an I- or E- tag
+    continues the entity of the word before when that is a B- or I- of its type, else starts one."""
+    spans: list[tuple[str, int, int]] = []
+    previous: tuple[str, str | None] = ("O", None)
+    for i, tag in enumerate(tags):
+        prefix, kind = split_tag(tag)
+        if prefix in ("I", "E") and previous[0] in ("B", "I") and previous[1] == kind:
+            spans[-1] = (kind, spans[-1][1], i)
+        elif prefix != "O":
+            spans.append((kind, i, i))
+        previous = (prefix, kind)
+    return spans

@@ -7,21 +7,20 @@ from typing import Literal
 from pydantic import Field
 
 from fmkit.plugin import MemberSpec, Run
-from fmkit_combine.members import Combine, CombineOptions
+from fmkit_combine.members import Combine, TrunkOptions
 from fmkit_combine.vote import VOTE_OPTION
 
 
 class Bagging(Combine):
-    """Bagging (Breiman 1996): each member trains on its own bootstrap sample; soft vote, per token for NER."""
+    """Bagging (Breiman 1996): each member continues the trunk on its own bootstrap sample; soft vote, per token for NER."""
 
     name = "bagging"
 
-    class Options(CombineOptions):
+    class Options(TrunkOptions):
         sample: float = Field(0.3, gt=0, le=1, description="size of each bootstrap sample (drawn with replacement) "
-                                                           "as a share of the training set: 0.3 keeps `fmkit run "
-                                                           "--plugins adapter,pgd,bagging` under 15 minutes on 2 CPU "
-                                                           "cores; 1.0 (Breiman's) gives stronger members at 3.3x the "
-                                                           "cost (docs/ensembles.md)")
+                                                           "as a share of the training set, which each member "
+                                                           "trains on after the trunk: the members' cost scales "
+                                                           "with it (docs/ensembles.md)")
         vote: Literal["soft", "hard"] = VOTE_OPTION
 
     def specs(self, run: Run) -> list[MemberSpec]:

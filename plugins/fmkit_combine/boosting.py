@@ -6,9 +6,10 @@ outcome is binary (right or wrong), so the SAMME class count is 2 there."""
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
-from fmkit.plugin import FitCallback, FmkitError, Run, gold_labels, labels_from_probs, softmax_predictor
-from fmkit_combine.members import Combine, CombineOptions, Members
+from fmkit.plugin import FitCallback, FmkitError, MemberSpec, Run, gold_labels, labels_from_probs, softmax_predictor
+from fmkit_combine.members import Combine, Members, TrunkOptions, trunk_option
 from fmkit_combine.vote import Vote
 
 
@@ -34,6 +35,7 @@ def boost(run: Run, fit: FitCallback, plugin: Combine) -> Vote:
     trainer = Members(run, fit, plugin)
     specs = plugin.specs(run)
     trainer.announce(len(specs))
+    trainer.grow_trunk(specs)
     weights = np.full(n, 1.0 / n)
     members, alphas, errors, stopped = [], [], [], None
     for i, spec in enumerate(specs):
@@ -60,14 +62,23 @@ def boost(run: Run, fit: FitCallback, plugin: Combine) -> Vote:
         weights = updated
     if stopped:
         run.say(f"boosting: stopped after {len(members)} members: {stopped}")
-    return Vote(members, alphas, "soft", {"member_weights": alphas, "weighted_errors": errors, "stopped": stopped})
+    return Vote(members, alphas, "soft", {"member_weights": alphas, "weighted_errors": errors, "stopped": stopped,
+                                          **trainer.record()})
 
 
 class Boosting(Combine):
     """SAMME boosting with scikit-learn's AdaBoost arithmetic: weighted rows in the loss, members weighted by their error."""
 
     name = "boosting"
-    Options = CombineOptions
+    combination = "a vote weighted by each member's SAMME weight (boosting may stop early)"
+
+    class Options(TrunkOptions):
+        members: int = Field(3, ge=2, description="ensemble members at most (boosting stops early when a member "
+                                                  "makes no error or none better than chance)")
+        trunk: float = trunk_option(0.7)
+
+    def note(self, spec: MemberSpec) -> str:
+        return ", all rows, reweighted by the errors of the members before it"
 
     def combine(self, run: Run, fit: FitCallback) -> Vote:
         return boost(run, fit, self)

@@ -1,6 +1,14 @@
-"""What the combine plugins share: their options, the plugin shape, training their members one after
-another (models from the core's ``fit.new_model``: adapters on one shared backbone when the adapt stage
-offers it, whole models otherwise), and the label-set check."""
+"""What the combine plugins share: their options, the plugin shape, training their members (models from
+the core's ``fit.new_model``: adapters on one shared backbone when the adapt stage offers it, whole models
+otherwise), the trunk they fork from, and the label-set check.
+
+Members continue one trunk (docs/ensembles.md): the first ``trunk`` share of the run's schedule is trained
+once, on all training rows and with the harden stage, and every member forks from it to run the rest of
+that schedule with its own diversity (bootstrap rows, reweighted rows, its seed). The members then start
+where a single run would be at that point, and inherit its robustness, for a fraction of the cost of
+training each from scratch (snapshot ensembles, Huang et al. 2017; fast geometric ensembling, Garipov et
+al. 2018; children of one parent, Frankle et al. 2020). ``trunk=0`` trains the classic independent
+members, each from its own seed."""
 
 from __future__ import annotations
 
@@ -18,7 +26,19 @@ class CombineOptions(BaseModel):
     members: int = Field(5, ge=2, description="ensemble members; each one is trained, so the cost grows with it")
 
 
-class VariedOptions(CombineOptions):
+def trunk_option(default: float) -> Any:
+    """The ``trunk`` option, with this plugin's default."""
+    return Field(default, ge=0, lt=1, description="share of train.epochs (rounded down to whole epochs) trained "
+                 "once as a trunk, on all training rows and with the harden stage, before the members fork from "
+                 "it and each runs the rest of the schedule with its own diversity; 0: classic independent "
+                 "members, each trained from its own seed for the whole schedule")
+
+
+class TrunkOptions(CombineOptions):
+    trunk: float = trunk_option(0.5)
+
+
+class VariedOptions(TrunkOptions):
     options: dict[str, list[Any]] = Field(
         default_factory=dict, description="train.* settings that differ by member, one value per member, "
                                           "e.g. {lr: [1e-3, 5e-4, 3e-4]}; members also differ by seed")
@@ -28,10 +48,12 @@ class Combine:
     """The plugin shape every combine plugin shares: check options, train members, combine, reload."""
 
     stage = "combine"
-    same_start = False  # members start from the same weights (soups), not each from its own seed
-    # Every member costs a training run: 2 epochs each unless train.epochs is set, in batches of 8, which
-    # gives such short schedules twice the optimizer steps at the same cost (docs/ensembles.md).
-    train_defaults = {"epochs": 2, "batch_size": 8}
+    same_start = False  # without a trunk, members start from the same weights (soups), not each from its seed
+
+    @property
+    def combination(self) -> str:
+        """How the members' predictions become one, for the plan."""
+        return f"a {getattr(self.options, 'vote', 'soft')} vote"
 
     def __init__(self, options: CombineOptions):
         self.options = options
@@ -57,15 +79,40 @@ class Combine:
         return self.combine(run, fit)
 
     def combine(self, run: Run, fit: FitCallback) -> Any:
-        """Default: members from ``specs``, combined by a uniform vote."""
+        """Default: members from ``specs`` (forked from a trunk), combined by a uniform vote."""
         from fmkit_combine.vote import Vote
 
-        members = Members(run, fit, self).train(self.specs(run), self.note)
-        return Vote(members, vote=getattr(self.options, "vote", "soft"))
+        trainer = Members(run, fit, self)
+        members = trainer.train(self.specs(run), self.note)
+        return Vote(members, vote=getattr(self.options, "vote", "soft"), extra=trainer.record())
 
     def note(self, spec: MemberSpec) -> str:
-        """More about a member for its progress line."""
+        """More about a member for its progress line and the plan: what it trains on, when that is not all rows."""
         return ""
+
+    @hookimpl
+    def fmkit_plan(self, run: Run) -> list[str]:
+        """The trunk and each member: from where, which epochs, on which rows, about how many optimizer steps."""
+        import math
+
+        train, n = run.config.train, len(run.data.train)
+        shared = int(train.epochs * getattr(self.options, "trunk", 0.0))
+        steps = math.ceil(n / train.batch_size) * shared
+        lines = [f"trunk: epochs 1-{shared} of {train.epochs} on all {n:,} training rows, about {steps:,} optimizer "
+                 f"steps, seed {run.seed}, with the harden stage; the members copy it"] if shared else []
+        for spec in self.specs(run):
+            epochs, batch = spec.options.get("epochs", train.epochs), spec.options.get("batch_size", train.batch_size)
+            rows = n if spec.indices is None else len(spec.indices)
+            own = math.ceil(rows / batch) * (epochs - shared)
+            steps += own
+            start = "continues the trunk" if shared else "starts from the run's seed" if self.same_start else \
+                f"starts from its own seed {spec.seed}"
+            lines.append(f"{spec.name}: {start}, epochs {shared + 1}-{epochs}, about {own:,} optimizer steps"
+                         f"{self.note(spec)}")
+        single = math.ceil(n / train.batch_size) * train.epochs
+        lines.append(f"in all about {steps:,} optimizer steps ({steps / single:.1f}x one member trained alone); "
+                     f"combined by {self.combination}")
+        return lines
 
     @hookimpl
     def fmkit_combine_load(self, run: Run, members: list[Member], state: dict[str, Any], directory: Path) -> Any:
@@ -79,37 +126,65 @@ class Combine:
 
 
 class Members:
-    """Trains a combine plugin's members one after another, each announced by a progress line. Members
-    that start alike (``plugin.same_start``: soups) copy one start, the run-seeded model or a trained
-    trunk (``fork_from``); the others are initialised by their own seeds."""
+    """Trains a combine plugin's members, each announced by a progress line: first the trunk (when the
+    plugin's ``trunk`` option leaves one), then the members, which copy it; without a trunk, members that
+    start alike (``plugin.same_start``: soups) copy the run-seeded model and the others are initialised by
+    their own seeds (and may train as Ray tasks)."""
 
     def __init__(self, run: Run, fit: FitCallback, plugin: Combine):
         self.run, self.fit, self.plugin = run, fit, plugin
-        self.common_start: Any = None  # what same-start members copy; None: the run-seeded model
+        self.trunk: Member | None = None
 
     def train(self, specs: Sequence[MemberSpec], note: Callable[[MemberSpec], str] = lambda spec: "") -> list[Member]:
         self.announce(len(specs))
-        if self.run.config.executor == "ray" and self.fit.shared_backbone is None and not self.plugin.same_start:
+        self.grow_trunk(specs)
+        independent = self.trunk is None and not self.plugin.same_start and self.fit.shared_backbone is None
+        if self.run.config.executor == "ray" and independent:
             members = self.fit.map(specs)  # whole models from their own seeds: Ray tasks (fmkit.members)
             check_labels(members, self.run.task.labels)
             return members
+        if self.run.config.executor == "ray":
+            self.run.say(f"{self.plugin.name}: members that copy a trunk or share a backbone train in this process; "
+                         f"Ray tasks train independent whole models ({self.plugin.name}.trunk=0, no adapter)")
         return [self.train_one(spec, i, len(specs), note(spec)) for i, spec in enumerate(specs)]
+
+    def grow_trunk(self, specs: Sequence[MemberSpec]) -> None:
+        """Train the first ``trunk`` share of the run's schedule once, on all rows; each member then runs
+        the rest of its own schedule (``start_after``) from a copy of it. No trunk when the share rounds
+        down to no whole epoch (or the plugin has no ``trunk`` option)."""
+        epochs = self.run.config.train.epochs
+        shared = int(epochs * getattr(self.plugin.options, "trunk", 0.0))
+        if shared == 0:
+            return
+        for spec in specs:
+            own = spec.options.get("epochs", epochs)
+            if own <= shared:
+                raise FmkitError(f"{self.plugin.name}.trunk: member {spec.name} trains {own} epoch(s), not more than "
+                                 f"the {shared} its trunk runs; lower {self.plugin.name}.trunk or raise the epochs")
+            spec.start_after = shared
+        self.run.say(f"{self.plugin.name}: trunk, the first {shared} of {epochs} epochs on all training rows, "
+                     f"trained once for every member (seed {self.run.seed})")
+        self.trunk = self.fit_one(MemberSpec("trunk", self.run.seed, stop_after=shared))
 
     def train_one(self, spec: MemberSpec, i: int, count: int, note: str = "") -> Member:
         """Train member ``i`` of ``count``; the progress line names it."""
-        self.run.say(f"{self.plugin.name}: member {i + 1}/{count} ({spec.name}, seed {spec.seed}{note})")
+        start = ", from the trunk" if self.trunk is not None else ""
+        self.run.say(f"{self.plugin.name}: member {i + 1}/{count} ({spec.name}, seed {spec.seed}{start}{note})")
         return self.fit_one(spec)
 
     def fit_one(self, spec: MemberSpec) -> Member:
-        copy_of = (self.common_start if self.common_start is not None else self.fit.start) if self.plugin.same_start else None
+        copy_of = self.trunk.model if self.trunk is not None else self.fit.start if self.plugin.same_start else None
         spec.model = self.fit.new_model(spec.name, spec.seed, copy_of)
         member = self.fit(spec)
         check_labels([member], self.run.task.labels)
         return member
 
-    def fork_from(self, trunk: Member) -> None:
-        """Same-start members trained after this start from ``trunk``'s trained weights."""
-        self.common_start = trunk.model
+    def record(self) -> dict[str, Any]:
+        """What the ensemble's state keeps of the trunk: its epochs, training time and dev scores."""
+        if self.trunk is None:
+            return {}
+        return {"trunk": {"epochs": self.trunk.spec.stop_after, "train_seconds": round(self.trunk.train_seconds, 1),
+                          "dev": self.trunk.dev_metrics}}
 
     def announce(self, count: int) -> None:
         """Say how the members are held: on one shared backbone, or as whole models (and what that costs)."""

@@ -6,7 +6,7 @@ a small dev split moves in coarse, noisy steps (the two compared in docs/ensembl
 Averaging helps only members that lie in one basin of the loss, where the straight line between them
 stays low. Fine-tuned from one initialisation for a short schedule they need not (measured: a uniform
 soup of three 2-epoch LoRA members 2.1 F1 below its mean member), so by default they first train
-together: a trunk runs the first ``soup.shared`` of the run's schedule, then each member forks from it
+together: a trunk runs the first ``soup.trunk`` of the run's schedule, then each member forks from it
 with its own seed (data order, dropout) and runs the rest of that schedule.
 Frankle et al. (2020) found that children forked after a little shared training end up linearly
 connected. The trunk's cost is one member's share of the shared epochs, not one per member.
@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from pydantic import Field
 
-from fmkit.plugin import (FitCallback, FmkitError, Member, MemberSpec, Run, gold_labels, labels_from_probs, scores,
+from fmkit.plugin import (FitCallback, Member, Run, gold_labels, labels_from_probs, scores,
                           softmax_predictor)
-from fmkit_combine.members import Combine, Members, VariedOptions
+from fmkit_combine.members import Combine, Members, VariedOptions, trunk_option
 
 SOUP_DIR = "soup"
 
@@ -73,6 +73,8 @@ def greedy(order: Sequence[int], score: Callable[[list[int]], float]) -> list[in
 class SoupModel:
     """The members (saved, scored) and the one averaged model that predicts."""
 
+    standalone = SOUP_DIR  # the averaged model, a plain one: what fmkit export and the model card load
+
     def __init__(self, run: Run, members: list[Member], coefficients: Sequence[float], mode: str,
                  trunk: dict[str, Any] | None = None):
         self.members = members
@@ -98,26 +100,6 @@ class SoupModel:
 
 def uniform(chosen: Sequence[int], count: int) -> list[float]:
     return [1.0 / len(chosen) if i in chosen else 0.0 for i in range(count)]
-
-
-def grow_trunk(run: Run, trainer: Members, specs: Sequence[MemberSpec], share: float) -> dict[str, Any] | None:
-    """Train the first ``share`` of the run's schedule once, as one trunk the members all fork from; each
-    member then runs the rest of its own schedule (``start_after``): together, the schedule of one run.
-    None when the share rounds down to no whole epoch."""
-    train = run.config.train
-    shared = int(train.epochs * share)
-    if shared == 0:
-        return None
-    for spec in specs:
-        epochs = spec.options.get("epochs", train.epochs)
-        if epochs <= shared:
-            raise FmkitError(f"soup.shared: member {spec.name} trains {epochs} epoch(s), not more than the {shared} "
-                             "its trunk runs; lower soup.shared or raise the epochs")
-        spec.start_after = shared
-    run.say(f"soup: trunk, the first {shared} of {train.epochs} epochs, trained once for every member (seed {run.seed})")
-    trunk = trainer.fit_one(MemberSpec("trunk", run.seed, stop_after=shared))
-    trainer.fork_from(trunk)
-    return {"epochs": shared, "train_seconds": round(trunk.train_seconds, 1), "dev": trunk.dev_metrics}
 
 
 def log_likelihood(task: Any, gold: list, probs: list) -> float:
@@ -156,10 +138,10 @@ def choose(run: Run, members: Sequence[Member], dev_probabilities: Callable[[Any
 
 
 def train_soup(run: Run, fit: FitCallback, plugin: Combine) -> SoupModel:
-    """The trunk (when ``soup.shared`` leaves one), the members forked from it, and their soup."""
-    trainer, specs = Members(run, fit, plugin), plugin.specs(run)
-    trunk = grow_trunk(run, trainer, specs, plugin.options.shared)
-    members = trainer.train(specs)
+    """The trunk (when ``soup.trunk`` leaves one), the members forked from it, and their soup."""
+    trainer = Members(run, fit, plugin)
+    members = trainer.train(plugin.specs(run))
+    trunk = trainer.record().get("trunk")
     if plugin.options.mode == "uniform":
         return SoupModel(run, members, uniform(range(len(members)), len(members)), "uniform", trunk)
     chosen = choose(run, members, lambda predict: fit.probabilities(predict, "dev"), plugin.options.greedy_by)
@@ -171,6 +153,7 @@ class Soup(Combine):
 
     name = "soup"
     same_start = True
+    combination = "their weights averaged into one model (greedy or uniform soup)"
     requires = frozenset({"merge"})  # it averages the members' weights
 
     class Options(VariedOptions):
@@ -182,9 +165,9 @@ class Soup(Combine):
                                                      "prediction where F1 on a small dev split moves in steps (chosen "
                                                      "on CoNLL held-out data, docs/ensembles.md); metric, the task's "
                                                      "primary metric (NER: entity F1), as Wortsman et al.")
-        shared: float = Field(0.5, ge=0, lt=1, description="share of train.epochs (rounded down to whole epochs) "
-                              "the members train as one trunk before they fork, so that they stay in one basin "
-                              "and average well (docs/ensembles.md); 0: each trains from the common start alone")
+        members: int = Field(4, ge=2, description="ensemble members; each continues the trunk on all the rows, "
+                                                  "so the cost grows with it")
+        trunk: float = trunk_option(0.7)  # forked from one trunk, members stay in one basin and average well
 
     def combine(self, run: Run, fit: FitCallback) -> SoupModel:
         return train_soup(run, fit, self)

@@ -12,7 +12,7 @@ import numpy as np
 
 from pydantic import Field
 
-from fmkit.plugin import FitCallback, FmkitError, Member, Run, Task, softmax_predictor
+from fmkit.plugin import FitCallback, FmkitError, Member, MemberSpec, Run, Task, softmax_predictor
 from fmkit_combine.members import Combine, CombineOptions, Members
 from fmkit_combine.vote import Vote
 
@@ -76,6 +76,16 @@ class Stacked(Vote):
         """The scikit-learn meta-learner has no gradient: robust evaluation attacks the members."""
         return None
 
+    def combine_code(self) -> str:
+        """The meta-learner of ``predict_proba`` for the model card, on the members' probabilities outside fmkit."""
+        return ('import numpy as np\nimport skops.io\n\n'
+                'meta = skops.io.load(f"{model_dir}/{state[\'meta_learner\']}", trusted=[])\n'
+                'mean = torch.stack(probs).mean(0).numpy()\n'
+                'flat = mean.reshape(-1, mean.shape[-1])\n'
+                'combined = np.zeros_like(flat)\n'
+                'combined[:, meta.classes_] = meta.predict_proba(np.log(np.clip(flat, 1e-12, 1.0)))\n'
+                'combined = torch.from_numpy(combined.reshape(mean.shape))')
+
     def save(self, directory: Path) -> None:
         import skops.io
 
@@ -85,13 +95,8 @@ class Stacked(Vote):
 def stack(run: Run, fit: FitCallback, plugin: Combine) -> Stacked:
     from sklearn.linear_model import LogisticRegression
 
-    n, k = len(run.data.train), plugin.options.members
-    folds = assign_folds(n, k, run.seed)
-    specs = plugin.specs(run)
-    for f, spec in enumerate(specs):
-        spec.indices = [r for r in range(n) if folds[r] != f]
-    held_out = {spec.name: f + 1 for f, spec in enumerate(specs)}
-    members = Members(run, fit, plugin).train(specs, lambda spec: f", fold {held_out[spec.name]} held out")
+    folds = assign_folds(len(run.data.train), plugin.options.members, run.seed)
+    members = Members(run, fit, plugin).train(plugin.specs(run), plugin.note)
     oof = out_of_fold(members, folds, lambda m, rows: fit.probabilities(softmax_predictor(m.model), "train", rows))
     x, y = np.concatenate([features(p) for p in oof]), targets(run.task, run.data.train)
     meta = LogisticRegression(C=plugin.options.C, max_iter=1000).fit(x, y)
@@ -115,10 +120,28 @@ class Stacking(Combine):
     """Stacking on K folds: a LogisticRegression meta-learner fitted on out-of-fold predictions only."""
 
     name = "stacking"
+    # No trunk: one trained on all rows would have seen every member's held-out fold, and its out-of-fold
+    # predictions would not be. Each member trains from its own seed; to bound that cost, 2 epochs in
+    # batches of 8 (twice the optimizer steps of batches of 16 at the same cost) unless train.* is set.
+    train_defaults = {"epochs": 2, "batch_size": 8}
 
     class Options(CombineOptions):
         members: int = Field(5, ge=2, description="members, one per fold: member i trains on every fold but fold i")
         C: float = Field(1.0, gt=0, description="inverse regularisation strength of the LogisticRegression meta-learner")
+
+    combination = "a LogisticRegression meta-learner on the members' out-of-fold probabilities"
+
+    def specs(self, run: Run) -> list[MemberSpec]:
+        """Member i trains on every fold but fold i (the folds are seeded by the run's seed)."""
+        n = len(run.data.train)
+        folds = assign_folds(n, self.options.members, run.seed)
+        specs = super().specs(run)
+        for f, spec in enumerate(specs):
+            spec.indices = [r for r in range(n) if folds[r] != f]
+        return specs
+
+    def note(self, spec: MemberSpec) -> str:
+        return f", fold {int(spec.name[1:])} held out"
 
     def combine(self, run: Run, fit: FitCallback) -> Stacked:
         return stack(run, fit, self)

@@ -41,7 +41,13 @@ class Vote:
         gradient, so its members are attacked one by one)."""
         from fmkit_combine.soft_vote_model import SoftVoteModel
 
-        return SoftVoteModel.of([m.model for m in self.members], self.weights) if self.vote == "soft" else None
+        return SoftVoteModel([m.model for m in self.members], self.weights) if self.vote == "soft" else None
 
     def state(self) -> dict[str, Any]:
         return {"weights": self.weights, "vote": self.vote, **self.extra}
+
+    def combine_code(self) -> str:
+        """The vote of ``predict_proba`` for the model card, on the members' probabilities outside fmkit."""
+        return ('if state["vote"] == "hard":\n'
+                '    probs = [torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).float() for p in probs]\n'
+                'combined = sum(weight * p for weight, p in zip(state["weights"], probs))')

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fmkit_combine.members import Combine, VariedOptions
+from pydantic import Field
+
+from fmkit_combine.members import Combine, VariedOptions, trunk_option
 from fmkit_combine.vote import VOTE_OPTION
 
 
 class Voting(Combine):
-    """Voting: members that differ by seed, or by any train.* option lists given; soft or hard vote."""
+    """Voting: members that continue the trunk with their own seeds (or train.* option lists); soft or hard vote."""
 
     name = "voting"
 
     class Options(VariedOptions):
+        members: int = Field(3, ge=2, description="ensemble members; each continues the trunk on all the rows, "
+                                                  "so the cost grows with it")
+        trunk: float = trunk_option(0.7)
         vote: Literal["soft", "hard"] = VOTE_OPTION

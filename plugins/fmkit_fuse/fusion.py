@@ -53,7 +53,9 @@ class FusionPlugin:
     stage = "fuse"
     name = ""
     Options = FusionOptions
-    train_defaults = {"lr": 5e-4}  # the image encoder and head start from scratch
+    # The pretrained text encoder keeps the core's train.lr; the image encoder, feature encoder and head
+    # start from scratch and take larger steps (docs/fusion.md: chosen on the dev splits)
+    train_defaults = {"new_lr": 1e-3}
 
     def __init__(self, options: FusionOptions):
         self.options = options
@@ -98,10 +100,13 @@ class FusionBuilder:
 
         task, o = self.run.task, self.plugin.options
         inputs = task.inputs
+        own = {k: v for k, v in o.model_dump().items()  # a method's own options that shape its head (heads, rank)
+               if k not in FusionOptions.model_fields and k in FusionSpec.__dataclass_fields__}
         spec = FusionSpec(self.plugin.name, task.labels, ["text", *inputs["modalities"]],
-                          feature_count=len(inputs.get("feature_mean", [])), image_size=inputs["image_size"],
-                          missing=inputs["missing"], dim=o.dim, dropout=o.dropout,
-                          heads=getattr(o, "heads", 1))  # the attention method's option; saved as 1 by the others
+                          feature_count=inputs.get("feature_count", len(inputs.get("feature_mean", []))),
+                          category_sizes=[len(levels) + 1 for levels in inputs.get("category_levels", [])],
+                          image_size=inputs["image_size"], missing=inputs["missing"], dim=o.dim, dropout=o.dropout,
+                          **own)
         trust = self.run.config.trust_remote_code
         image = None
         with quiet_transformers():

@@ -128,6 +128,19 @@ class HardenPlugin(ABC):
     def fmkit_harden(self, run: Run) -> AdversarialHardener:
         return AdversarialHardener(self)
 
+    @hookimpl
+    def fmkit_plan(self, run: Run) -> list[str]:
+        """What a training step and the evaluation attack cost, in passes through the model."""
+        settings = self.settings()
+        weights = self.pass_weights(settings)
+        clean_pass = settings.random_init and settings.adv_weight < 1  # a random start needs its own clean pass
+        forwards = len(weights) + clean_pass
+        into_parameters = sum(w > 0 for w in weights) + clean_pass + (not settings.random_init and weights[0] == 0)
+        return [f"every training batch: {forwards} forward passes, each with a backward, {into_parameters} of them "
+                "into the parameters (clean training: 1 and 1), "
+                f"epsilon {settings.epsilon:g} ({settings.norm}); robust evaluation: PGD-{settings.eval_steps} on "
+                "the test split, a forward and a backward pass per step"]
+
 
 class AdversarialHardener:
     """The Hardener every technique returns: its training step and the evaluation attack, on input

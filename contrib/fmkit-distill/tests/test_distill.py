@@ -216,8 +216,8 @@ def test_a_student_ensemble_trains_as_ray_tasks_like_in_one_process(setup, tmp_p
     transfer = tmp_path / "transfer.txt"
     transfer.write_text("".join(" ".join(w for w, _ in s) + "\n" for s in transfer_sentences(setup, 40)))
     teacher = teacher_run(setup, "full")
-    options = (f"distill.teacher={teacher}", f"distill.transfer={transfer}", "bagging.members=2", "bagging.sample=1.0",
-               "train.epochs=6")
+    options = (f"distill.teacher={teacher}", f"distill.transfer={transfer}", "bagging.members=2", "bagging.trunk=0",
+               "bagging.sample=1.0", "train.epochs=6")
     try:
         on_ray = run(setup, "student-bagging-ray", "distill,bagging", *options, "executor=ray")
     finally:

@@ -4,10 +4,12 @@ budget (``adalora``) and ensemble members as adapters on one shared backbone (``
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,8 +20,9 @@ from fmkit_adapt.adapter.methods import LEARNING_RATES, METHODS, OPTION_METHODS,
 class Adapter:
     """PEFT adapter on the frozen foundation: LoRA (default), IA3, LoHa, LoKr, AdaLoRA, prefix or prompt tuning.
 
-    The task head trains in full and is saved with the adapter (PEFT ``modules_to_save``), so
-    ``PeftModel.from_pretrained(base, run/model)`` restores the whole task model without fmkit.
+    The task head trains in full and is saved with the adapter (PEFT ``modules_to_save``); the run saves the
+    plain model under it beside it, so ``AutoModelFor<Task>.from_pretrained(run/model)`` restores the whole
+    task model without fmkit, and ``adapter_config.json`` names the base model by its hub id where it is known.
     """
 
     name, stage = "adapter", "adapt"
@@ -73,9 +76,13 @@ class Adapter:
         if method == "prefix":
             accept_past_key_values(model)
         config = peft_config(self.options, model, run.task.kind, self._total_steps(run))
-        with warnings.catch_warnings():  # PEFT asks transformers' deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        with peft_quietly():
             model = peft.get_peft_model(model, config)
+        if run.foundation is not None:  # after get_peft_model, which sets the model's own path
+            config.base_model_name_or_path = base_model_name(run)
+        # fmkit's adapters leave the embeddings as they are: saving never has PEFT ask the hub whether the
+        # base model's vocabulary changed (a network call, and a warning offline, for a base named by hub id)
+        model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
         drop_virtual_logits(model)
         if method == "adalora":
             RankAllocation(model)
@@ -89,6 +96,16 @@ class Adapter:
         from fmkit_adapt.adapter.shared_backbone import PeftBackbone
 
         return PeftBackbone.of(model)
+
+    @hookimpl
+    def fmkit_adapt_base(self, run: Run, model: Any) -> Any:
+        """The backbone with the adapter taken out (and a head), which the standard transformers call loads the
+        adapter onto; none for virtual tokens, which transformers cannot load beside a base."""
+        if self.options.method in PROMPT:
+            return None
+        from fmkit_adapt.adapter.shared_backbone import unloaded
+
+        return unloaded(model)
 
     @hookimpl
     def fmkit_adapt_merge(self, run: Run, model: Any) -> Any:
@@ -114,7 +131,22 @@ class Adapter:
         base = builder.build()
         if self.options.method == "prefix":
             accept_past_key_values(base)
-        with quiet_transformers():
+        with peft_quietly():
             model = peft.PeftModel.from_pretrained(base, directory)
         drop_virtual_logits(model)
         return model
+
+
+def base_model_name(run: Run) -> str:
+    """How ``adapter_config.json`` names the base model: the foundation's hub id where it is known, which
+    loads anywhere; else the path it was loaded from."""
+    return run.foundation.origin or run.foundation.path
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """PEFT models are made without transformers' load reports and without the FutureWarning that PEFT's
+    own check of the deprecated ``is_gradient_checkpointing`` raises (PEFT 0.21, transformers 5)."""
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield

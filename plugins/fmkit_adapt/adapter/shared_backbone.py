@@ -125,7 +125,18 @@ class PeftBackbone:
 def merged(model: nn.Module) -> nn.Module:
     """A standalone plain task model computing what ``model`` computes: a member's adapter (or a single
     run's) merged into a copy of the backbone."""
+    return copy.deepcopy(_holder(model)).merge_and_unload()
+
+
+def unloaded(model: nn.Module) -> nn.Module:
+    """A standalone plain task model with the backbone under ``model``'s adapter, the adapter taken out, and
+    its head: the base that ``AutoModelFor<Task>.from_pretrained`` loads the saved adapter onto."""
+    return copy.deepcopy(_holder(model)).unload()
+
+
+def _holder(model: nn.Module) -> nn.Module:
+    """The PeftModel of ``model``, with a member's own adapter switched on."""
     if isinstance(model, AdapterMember):
         model.activate()
-        model = model.holder
-    return copy.deepcopy(model).merge_and_unload()
+        return model.holder
+    return model

@@ -239,9 +239,9 @@ def test_soup_members_fork_from_a_trunk_trained_once(runs, tiny_model, classify_
     # members that barely move after the fork are the trunk: trained (LoRA moved the encoder), and alike
     member_peak = 1.0e-9
     run_dir = classify_run(runs, classify_files, tiny_model, "soup-trunk", "adapter,soup", "soup.members=2",
-                           "soup.mode=uniform", "train.epochs=4", f"soup.options={{lr: [{member_peak}, {member_peak}]}}")
+                           "soup.mode=uniform", "soup.trunk=0.5", "train.epochs=4", f"soup.options={{lr: [{member_peak}, {member_peak}]}}")
     trunk = layout(run_dir)["state"]["trunk"]
-    assert trunk["epochs"] == 2 and trunk["train_seconds"] > 0, "soup.shared=0.5 of 4 epochs"
+    assert trunk["epochs"] == 2 and trunk["train_seconds"] > 0, "soup.trunk=0.5 of 4 epochs"
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert {e["name"]: e["epochs_run"] for e in log if e["event"] == "member"} == {"trunk": 2, "m1": 2, "m2": 2}
     rates = [e["lr"] for e in log if e["event"] == "step" and e["member"] == "trunk"]
@@ -265,9 +265,9 @@ def test_soup_members_fork_from_a_trunk_trained_once(runs, tiny_model, classify_
 def test_soup_trunk_needs_epochs_left_for_the_members(runs, tiny_model, classify_files, capsys):
     code = run_cli("run", "--task", "classify", "--train", classify_files["train"], "--model", tiny_model,
                    "--runs-dir", runs, "--name", "soup-no-epochs", "--plugins", "soup",
-                   *settings("soup.members=2", "soup.options={epochs: [2, 1]}", "soup.shared=0.5"))
+                   *settings("soup.members=2", "soup.options={epochs: [2, 1]}", "soup.trunk=0.5"))
     assert code == 2
-    assert "soup.shared: member m2 trains 1 epoch(s), not more than the 1 its trunk runs" in capsys.readouterr().err
+    assert "soup.trunk: member m2 trains 1 epoch(s), not more than the 1 its trunk runs" in capsys.readouterr().err
 
 
 def test_greedy_soup_keeps_only_members_that_do_not_lower_the_score():
@@ -293,7 +293,7 @@ def test_soup_log_likelihood_is_the_mean_log_probability_of_the_gold_labels():
 
 def test_greedy_soup_by_loss_compares_soups_on_dev_log_likelihood(runs, tiny_model, classify_files):
     run_dir = classify_run(runs, classify_files, tiny_model, "soup-loss", "adapter,soup", "soup.members=2",
-                           "soup.greedy_by=loss", "soup.shared=0", "train.epochs=1")
+                           "soup.greedy_by=loss", "soup.trunk=0", "train.epochs=1")
     said = [line for line in (run_dir / "report.txt").read_text().splitlines() if " dev log-likelihood " in line]
     alone = {line.split()[1]: float(line.split()[-1]) for line in said if "+" not in line.split()[1]}
     assert sorted(alone) == ["m1", "m2"] and all(v < 0 for v in alone.values()), "a log-likelihood per member"
@@ -342,7 +342,7 @@ def test_hard_and_soft_votes_differ_as_they_should():
 
 @pytest.mark.parametrize("args, message", [
     (["--plugins", "bagging", "--set", "bagging.members=1"], "bagging.members"),
-    (["--plugins", "voting", "--set", "voting.options={lr: [0.1, 0.2]}"], "voting.options.lr has 2 values for 5 members"),
+    (["--plugins", "voting", "--set", "voting.options={lr: [0.1, 0.2]}"], "voting.options.lr has 2 values for 3 members"),
     (["--plugins", "stacking", "--set", "stacking.members=300"], "the training split has only 200 examples"),
 ])
 def test_bad_ensemble_settings_are_one_line_errors(args, message, tiny_model, classify_files, tmp_path, capsys):
@@ -351,3 +351,28 @@ def test_bad_ensemble_settings_are_one_line_errors(args, message, tiny_model, cl
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1] and err[-1].startswith("fmkit: error:")
     assert not list(tmp_path.iterdir()), "nothing trained or left behind"
+
+
+def test_a_vote_of_whole_models_is_attacked_with_one_perturbation_of_the_input(tiny_model):
+    """Full fine-tuned members each embed tokens with their own matrix: the vote adds the attack's one
+    perturbation to each member's own embedding. A vote of two copies of a model is then attacked exactly
+    as the model alone."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from fmkit_combine.soft_vote_model import SoftVoteModel
+    from fmkit_harden.pgd import PGD
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_model, num_labels=3).eval()
+    vote = SoftVoteModel([model, copy.deepcopy(model)], [0.5, 0.5])
+    assert vote.get_input_embeddings() is not model.get_input_embeddings(), "its own lookup, remembering the ids"
+    batch = dict(AutoTokenizer.from_pretrained(tiny_model)(["alice went to rome", "bob"], padding=True,
+                                                         return_tensors="pt"))
+    batch["labels"] = torch.randint(0, 3, batch["input_ids"].shape, generator=torch.Generator().manual_seed(0))
+    attack = PGD(PGD.Options(epsilon=0.05)).fmkit_harden(run=None)
+    alone, voted = attack.attack(model, batch), attack.attack(vote, batch)
+    assert torch.allclose(torch.log_softmax(alone, -1), voted, atol=1e-5)
+    clean = vote(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(clean, voted, atol=1e-3), "the attack changed the vote's input"

@@ -12,7 +12,8 @@ from fmkit.cli import main
 from fmkit.plugin import FmkitError, RunConfig
 from fmkit.testing import FAST_TRAIN
 
-TRAIN = [*FAST_TRAIN, "train.epochs=5"]
+TRAIN = [*FAST_TRAIN, "train.epochs=5", "train.new_lr=3e-3"]  # the tiny encoder, too, at FAST_TRAIN's rate
+METHODS = ("concat", "gated", "attention", "lmf")
 
 
 def settings(method: str) -> list[str]:
@@ -29,7 +30,7 @@ def mm_files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fused_runs(tiny_model, mm_files, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    for method in ("concat", "gated", "attention"):
+    for method in METHODS:
         code = main(["run", "--task", "multimodal", "--plugins", method, "--model", str(tiny_model),
                      "--train", str(mm_files["train"]), "--dev", str(mm_files["dev"]), "--test", str(mm_files["test"]),
                      "--runs-dir", str(runs), "--name", method, *settings(method)])
@@ -37,7 +38,7 @@ def fused_runs(tiny_model, mm_files, tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("method", ["concat", "gated", "attention"])
+@pytest.mark.parametrize("method", METHODS)
 def test_fusion_learns_a_label_that_needs_both_modalities_and_reloads(method, fused_runs, mm_files, capsys):
     run = fused_runs / method
     metrics = json.loads((run / "metrics.json").read_text())
@@ -181,7 +182,8 @@ GOOD = {"text": "good day", "label": "a", "image": [[0, 255], [255, 0]], "featur
     ({**GOOD, "image": [[0, 255], [255]]}, "ragged"),
     ({**GOOD, "image": [[0, 300], [255, 0]]}, "pixel values must lie in"),
     ({**GOOD, "features": [1.0, "high"]}, "feature 'features' holds 'high', not a finite number"),
-    ({**GOOD, "features": [1.0, 2.0, 3.0]}, "3 feature values, but line 1 has 2"),
+    ({**GOOD, "features": [1.0, True]}, "feature 'features' holds True, not a finite number"),
+    ({**GOOD, "features": [1.0, 2.0, 3.0]}, "3 values in feature 'features', but line 1 has 2"),
     ({k: v for k, v in GOOD.items() if k != "label"}, "no 'label' field"),
     ('{"text": "x",', "not valid JSON"),
 ])
@@ -251,11 +253,51 @@ def test_missing_modalities_error_or_learned_embedding(tmp_path, tiny_model):
     assert torch.allclose(dark[0], bright[0]) and not torch.allclose(dark[1], bright[1])
 
 
+def xor_rows(n, seed):
+    """The label is the XOR of a word in the text (good/bad) and the sign of a number: each alone is at chance."""
+    import random
+
+    from fmkit.testing import FILLER
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word, number = rng.choice(["good", "bad"]), rng.choice([-1, 1]) * rng.uniform(0.5, 2)
+        words = rng.sample(FILLER, 4)
+        words.insert(rng.randint(0, 4), word)
+        rows.append({"text": " ".join(words), "features": [round(number, 3), round(rng.gauss(0, 1), 3)],
+                     "label": "yes" if (word == "good") != (number > 0) else "no"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def xor_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xor")
+    return {split: write_rows(root / f"{split}.jsonl", xor_rows(n, seed))
+            for split, n, seed in (("train", 320, 0), ("dev", 80, 1), ("test", 80, 2))}
+
+
+@pytest.mark.parametrize("method, epochs, options, learns", [
+    ("lmf", 8, [], True),
+    ("concat", 8, [], True),
+    ("concat", 8, ["concat.products=false"], False),  # additive: no gradient toward the interaction at first
+    ("gated", 8, [], True),
+    ("attention", 20, [], True),  # through its attention weights only: slower
+])
+def test_interactions_are_learned(method, epochs, options, learns, tiny_model, xor_files, tmp_path):
+    settings = [*FAST_TRAIN, f"train.epochs={epochs}", f"{method}.dim=32", *options]  # new modules: plugin's new_lr
+    assert main(["run", "--task", "multimodal", "--plugins", method, "--model", str(tiny_model),
+                 "--train", str(xor_files["train"]), "--dev", str(xor_files["dev"]), "--test", str(xor_files["test"]),
+                 "--runs-dir", str(tmp_path), "--name", "xor", *[x for s in settings for x in ("--set", s)]]) == 0
+    accuracy = json.loads((tmp_path / "xor" / "metrics.json").read_text())["test"]["accuracy"]
+    assert accuracy >= 0.9 if learns else accuracy <= 0.7, accuracy
+
+
 def test_multimodal_without_a_fuse_plugin_names_them(capsys, tmp_path):
     assert main(["run", "--task", "multimodal", "--train", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fmkit: error: --task multimodal needs a fuse plugin") and "\n" not in err
-    assert all(name in err for name in ("attention", "concat", "gated"))
+    assert all(name in err for name in METHODS)
 
 
 def test_transformers_vision_encoder_from_a_local_directory(tmp_path, tiny_model):
@@ -283,3 +325,50 @@ def test_transformers_vision_encoder_from_a_local_directory(tmp_path, tiny_model
         before = model(**inputs)
         after = builder.load(tmp_path / "saved").eval()(**inputs)
     assert torch.allclose(before.logits, after.logits) and before.contributions.shape == (1, 2)
+
+
+def table_file(path, rows):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        csv.writer(out).writerows([["title", "body", "size", "price", "label"], *rows])
+    return path
+
+
+def table_rows(n, seed):
+    """The label is the size (a category), the text holds nothing but filler, the price is noise."""
+    import random
+
+    from fmkit.testing import FILLER
+
+    rng = random.Random(seed)
+    return [[" ".join(rng.sample(FILLER, 3)), " ".join(rng.sample(FILLER, 3)), size, round(rng.uniform(5, 50), 2),
+             "big" if size in ("L", "XL") else "small"] for size in (rng.choice(["S", "M", "L", "XL"]) for _ in range(n))]
+
+
+def test_a_csv_run_saves_its_encoding_and_eval_and_predict_read_new_files_alike(tiny_model, tmp_path, capsys):
+    """Categories learned as embeddings from a CSV; the saved run encodes a new file (an unseen size, a
+    missing price) with the training split's levels and statistics."""
+    train = table_file(tmp_path / "train.csv", table_rows(160, 0))
+    dev = table_file(tmp_path / "dev.csv", table_rows(40, 1))
+    settings = [*TRAIN, "train.epochs=10", "concat.dim=32", "data.text_column=[title, body]",
+                "data.categorical_columns=[size]", "data.feature_columns=[price]"]
+    assert main(["run", "--task", "multimodal", "--plugins", "concat", "--model", str(tiny_model), "--train", str(train),
+                 "--dev", str(dev), "--runs-dir", str(tmp_path), "--name", "csv",
+                 *[x for s in settings for x in ("--set", s)]]) == 0
+    run = tmp_path / "csv"
+    saved = json.loads((run / "config.json").read_text())["task"]["inputs"]
+    sizes = [r[2] for r in table_rows(160, 0)]
+    assert saved["category_levels"] == [sorted(set(sizes), key=lambda s: (-sizes.count(s), s))]  # most frequent first
+    assert json.loads((run / "model" / "config.json").read_text())["category_sizes"] == [5]  # 4 sizes + unknown
+    assert json.loads((run / "metrics.json").read_text())["dev"]["accuracy"] >= 0.9
+
+    rows = table_rows(40, 2)
+    rows[0][2:4] = ["XXL", ""]  # a size never seen in training, a missing price
+    new = table_file(tmp_path / "new.csv", rows)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(new), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.9
+    assert main(["predict", str(run), str(new)]) == 0
+    predicted = capsys.readouterr().out.split()
+    assert len(predicted) == 40 and np.mean([p == r[4] for p, r in zip(predicted, rows)]) >= 0.9
