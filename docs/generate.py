@@ -86,7 +86,7 @@ def hook_contract() -> str:
 
 
 TYPES = ["Run", "Task", "TaskData", "Foundation", "ModelBuilder", "Hardener", "SharedBackbone", "FitCallback", "MemberSpec", "Member",
-         "Ensemble"]
+         "Ensemble", "Event"]
 
 
 def type_contract() -> str:

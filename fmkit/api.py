@@ -73,12 +73,15 @@ class RunResult:
     metrics: dict[str, Any] = field(repr=False)
 
 
-def run(config: str | Path | Mapping[str, Any] | None = None, **options: Any) -> RunResult:
+def run(config: str | Path | Mapping[str, Any] | None = None, *, callbacks: Sequence[Any] = (),
+        **options: Any) -> RunResult:
     """Train, evaluate and save a run, as ``fmkit run`` does, and return its directory and metrics.
 
     ``config`` is a YAML or TOML file, a run's own ``config.json`` (to reproduce it), or a mapping with the same
     keys; ``options`` add to it, with the same keys (``task="ner"``, ``plugins="adapter,bagging"``,
-    ``data={"train": "my.conll"}``, ``train={"epochs": 3}``, ``adapter={"r": 4}``)."""
+    ``data={"train": "my.conll"}``, ``train={"epochs": 3}``, ``adapter={"r": 4}``). ``callbacks``: objects
+    with ``@fmkit.hookimpl`` methods, registered on this run's plugin manager: an ``fmkit_event`` method hears
+    the run's events and may stop a member's training (docs/api.md, "Callbacks")."""
     from fmkit.config import build_config, deep_update, read_config_file
     from fmkit.pipeline import execute
     from fmkit.registry import discover, select
@@ -86,7 +89,7 @@ def run(config: str | Path | Mapping[str, Any] | None = None, **options: Any) ->
     available = discover()
     values = read_config_file(Path(config)) if isinstance(config, (str, Path)) else dict(config or {})
     resolved = build_config(deep_update(values, dict(options)), {}, [], set(available))
-    directory, metrics = execute(resolved, select(resolved, available))
+    directory, metrics = execute(resolved, select(resolved, available, callbacks=callbacks))
     return RunResult(directory, metrics)
 
 

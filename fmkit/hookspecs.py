@@ -8,7 +8,8 @@ last (``fmkit.defaults``): a text-only model when no fuse plugin answers, one me
 plugin does. The ``*_load`` hooks rebuild what ``adapt`` and ``combine`` produced from a saved run
 directory, for ``fmkit eval`` and ``fmkit predict``; ``fmkit_adapt_share`` and ``fmkit_adapt_merge``
 are what the adapt stage tells the combine stage about its models, and ``fmkit_adapt_base`` what the run
-directory saves beside an adapter.
+directory saves beside an adapter. ``fmkit_event`` is no stage: it tells listeners (trackers, callbacks,
+early-stopping rules) what happens while the stages run.
 
 Every hook receives the ``Run``: what one stage hands a later one travels on it (``run.foundation``,
 ``run.data``, ``run.plugin_state``), never on plugin instances, so a Ray worker that rebuilds the run
@@ -26,7 +27,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from fmkit.types import (Ensemble, Example, FitCallback, Foundation, Hardener, Member, ModelBuilder, Run,
+    from fmkit.types import (Ensemble, Event, Example, FitCallback, Foundation, Hardener, Member, ModelBuilder, Run,
                              SharedBackbone)
 
 hookspec = pluggy.HookspecMarker("fmkit")
@@ -172,4 +173,18 @@ def fmkit_plan(run: Run) -> list[str]:
     the data as read, before the data stage). A combine plugin lists its members: what each trains on,
     which epochs, from where; other plugins the cost or choice a user should know of (ascent steps per
     batch, the adapter's size). Optional: the core plans the stages and the training schedule itself.
+    """
+
+
+@hookspec
+def fmkit_event(run: Run, event: Event) -> None:
+    """React to ``event``: a member's training began or ended, an optimizer step or an epoch (scored on dev)
+    ended, or the run was evaluated (``fmkit.types.Event`` lists what each carries).
+
+    Called by the training loop and the pipeline on every listener: any selected plugin that implements it,
+    the trackers of ``train.report_to``, and the objects passed as ``fmkit.run(..., callbacks=[...])``. Keep it
+    cheap: ``step`` comes after every optimizer step. Raising ``StopTraining`` at ``step`` or ``epoch_end``
+    ends that member's training as patience does (the epoch is scored on dev, the best epoch's weights are
+    kept); under ``accelerate launch`` one process asking is enough. Members trained as Ray tasks
+    (``--executor ray``) emit in their worker, where only the selected plugins listen.
     """

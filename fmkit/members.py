@@ -191,13 +191,10 @@ def train_on_ray(trainer: MemberTrainer, specs: list[MemberSpec]) -> None:
     if processes().num_processes > 1:
         raise FmkitError("--executor ray trains members as Ray tasks: start the run without accelerate launch")
     run = trainer.run
-    if not ray.is_initialized():
-        ray.init(address=run.config.ray_address, include_dashboard=False, configure_logging=False)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    remote = ray_remote(train_member, run.config.ray_address)
     context = ray.put(MemberContext(
         run.config.model_dump(mode="json"), run.task, run.data, run.foundation, run.plugin_state, run.directory,
         [impl.plugin_name for impl in run.hook.fmkit_combine.get_hookimpls() if impl.plugin_name in run.config.plugins]))
-    remote = ray.remote(num_cpus=1, num_gpus=gpus)(train_member)
     run.say(f"training {len(specs)} members as Ray tasks")
     pending = {spec.name: remote.remote(context, replace(spec, model=None)) for spec in specs}
     for name, future in pending.items():
@@ -216,6 +213,17 @@ def train_on_ray(trainer: MemberTrainer, specs: list[MemberSpec]) -> None:
             event.pop("time", None)
             if kind != "member":  # the driver logs the member when it restores it
                 run.log(kind, **event)
+
+
+def ray_remote(function: Any, address: str | None) -> Any:
+    """``function`` as a Ray task on a local Ray, or the cluster at ``address`` (else ``RAY_ADDRESS``): one
+    CPU, and one GPU when the cluster has them. Ensemble members and ``fmkit sweep``'s cells run so."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, configure_logging=False)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return ray.remote(num_cpus=1, num_gpus=gpus)(function)
 
 
 def train_member(context: MemberContext, spec: MemberSpec) -> tuple[dict[str, Any], dict[str, Any], str]:

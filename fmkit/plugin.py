@@ -23,8 +23,8 @@ from fmkit.hub import cached_id as hub_cached_id, snapshot as hub_snapshot
 from fmkit.model import TextModelBuilder, count_parameters, mark_new, output_layer, quiet_transformers
 from fmkit.registry import create as create_plugin
 from fmkit.train import accelerator_for, forward_logits, task_loss
-from fmkit.types import (Batch, Ensemble, Example, FitCallback, Foundation, Hardener, Member, MemberSpec, ModelBuilder,
-                         Run, SharedBackbone, Task, TaskData)
+from fmkit.types import (Batch, Ensemble, Event, Example, FitCallback, Foundation, Hardener, Member, MemberSpec,
+                         ModelBuilder, Run, SharedBackbone, StopTraining, Task, TaskData)
 
 __all__ = [
     # marking hooks, and user errors
@@ -32,6 +32,8 @@ __all__ = [
     # what the stages exchange (fmkit.hookspecs declares the stages)
     "Run", "Task", "TaskData", "Example", "Sentence", "TextExample", "Foundation", "ModelBuilder", "Hardener",
     "SharedBackbone", "FitCallback", "MemberSpec", "Member", "Ensemble", "Batch", "RunConfig", "TrainConfig",
+    # what the training loop and the pipeline tell fmkit_event listeners, and how a listener stops training
+    "Event", "StopTraining",
     # data: reading, encoding and batching as the core does
     "load_task_data", "read_examples", "read_unlabeled", "encode", "Feature", "IGNORE", "prediction_batches",
     # models and training

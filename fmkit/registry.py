@@ -18,7 +18,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -161,10 +161,13 @@ def lookup(name: str, available: dict[str, PluginInfo]) -> PluginInfo:
     return info
 
 
-def select(config: RunConfig, available: dict[str, PluginInfo] | None = None, check: bool = True) -> Selection:
+def select(config: RunConfig, available: dict[str, PluginInfo] | None = None, check: bool = True,
+           callbacks: Sequence[Any] = ()) -> Selection:
     """Choose, validate and instantiate the run's plugins; register them, then the core's fallbacks
     (``fmkit.defaults``), in a fresh plugin manager. ``check=False`` skips the plugins' ``check`` of the
-    training inputs (a saved run reloads elsewhere, without the foundation or files it was trained on).
+    training inputs (a saved run reloads elsewhere, without the foundation or files it was trained on), and
+    of the trackers of ``train.report_to``. ``callbacks``: objects with ``@fmkit.hookimpl`` methods (usually
+    ``fmkit_event`` listeners) registered beside the plugins, for this run only.
 
     Fails (FmkitError) before any weights load: unknown or broken plugin, two plugins for a stage
     that takes one, options for a plugin that is not selected, options that do not validate, or a
@@ -201,7 +204,11 @@ def select(config: RunConfig, available: dict[str, PluginInfo] | None = None, ch
     for plugin in plugins:  # optional early checks against the whole config (paths, combinations)
         if check and callable(getattr(plugin, "check", None)):
             plugin.check(config)
-    return Selection(plugins=plugins, infos=infos, manager=plugin_manager(plugins))
+    if check and config.train.report_to:
+        from fmkit.trackers import check as check_trackers
+
+        check_trackers(config.train.report_to)
+    return Selection(plugins=plugins, infos=infos, manager=plugin_manager(plugins, callbacks))
 
 
 def instantiate(info: PluginInfo, options: dict[str, Any], prefix: str | None = None) -> Any:
@@ -243,8 +250,8 @@ def _set_options(plugin: Any) -> str:
     return f" ({', '.join(chosen)})" if chosen else ""
 
 
-def plugin_manager(plugins: list[Any]) -> Any:
-    """A pluggy manager holding ``plugins`` and, last, the core's fallbacks."""
+def plugin_manager(plugins: list[Any], callbacks: Sequence[Any] = ()) -> Any:
+    """A pluggy manager holding ``plugins``, ``callbacks`` and, last, the core's fallbacks."""
     import pluggy
 
     from fmkit import hookspecs
@@ -255,6 +262,8 @@ def plugin_manager(plugins: list[Any]) -> Any:
     manager.register(CoreDefaults(), name="fmkit-core")
     for plugin in plugins:
         manager.register(plugin, name=plugin.name)
+    for callback in callbacks:
+        manager.register(callback)
     return manager
 
 

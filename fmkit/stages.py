@@ -34,5 +34,7 @@ def hardeners(run: Run) -> list[Hardener]:
 
 
 def attacks(hardeners: list[Any]) -> dict[str, Any]:
-    """The Hardeners that attack for robust evaluation, by name (``attack = None``: a training loss only)."""
-    return {getattr(h, "name", type(h).__name__): h for h in hardeners if getattr(h, "attack", None) is not None}
+    """The Hardeners that attack for robust evaluation, by name: those with an ``attack`` of batches or an
+    ``attack_examples`` that rewrites examples (neither: a training loss only)."""
+    return {getattr(h, "name", type(h).__name__): h for h in hardeners
+            if getattr(h, "attack", None) is not None or getattr(h, "attack_examples", None) is not None}

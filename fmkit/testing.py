@@ -56,6 +56,19 @@ def put_in_hub_cache(model_dir: Path, cache_dir: Path, hub_id: str) -> Path:
     return snapshot
 
 
+def reproducible_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run's ``metrics.json`` less what the machine measured (times, peak memory): the part that must
+    be identical when the same run is repeated, resumed or given its plugins in another order."""
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for measured in ("seconds", "peak_memory_mb", "peak_gpu_memory_mb"):
+        metrics.pop(measured, None)
+    for member in metrics.get("members", {}).values():
+        member.pop("train_seconds", None)
+    return metrics
+
+
 def synthetic_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
     """Names are persons, cities (and 'new york') are places: learnable from the word alone."""
     rng = random.Random(seed)

@@ -16,7 +16,7 @@ from fmkit.config import TrainConfig
 from fmkit.data.batching import BucketBatchSampler, Collator, IndexedFeatures
 from fmkit.data.encode import IGNORE
 from fmkit.evaluate import model_inputs
-from fmkit.types import Hardener, Run
+from fmkit.types import Hardener, Run, StopTraining
 
 
 def task_loss(logits: Any, batch: dict) -> Any:
@@ -39,16 +39,22 @@ def forward_logits(model: Any, batch: dict) -> Any:
     return model(**model_inputs(batch)).logits
 
 
-_ACCELERATORS: dict[str, Any] = {}
+_ACCELERATOR: dict[str, Any] = {}  # the process's Accelerator, by its precision
 
 
 def accelerator_for(precision: str) -> Any:
-    """One Accelerator per process (Accelerate keeps global state)."""
-    if precision not in _ACCELERATORS:
+    """The process's Accelerator, at ``precision``. Accelerate keeps one global state, whose mixed precision
+    cannot change: a run at another precision than the last one in this process (``fmkit.run`` twice, a
+    sweep's cells) resets that state and makes a new one (the devices and processes stay as they were)."""
+    if precision not in _ACCELERATOR:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
-        _ACCELERATORS[precision] = Accelerator(mixed_precision=precision, cpu=_launched_without_gpus())
-    return _ACCELERATORS[precision]
+        if _ACCELERATOR:
+            AcceleratorState._reset_state()
+            _ACCELERATOR.clear()
+        _ACCELERATOR[precision] = Accelerator(mixed_precision=precision, cpu=_launched_without_gpus())
+    return _ACCELERATOR[precision]
 
 
 def processes() -> Any:
@@ -160,10 +166,22 @@ class Trainer:
         self.start = Position(self.position.epoch, self.position.step)  # batches done before an interruption
 
     def fit(self) -> TrainReport:
-        """Run the remaining epochs (of ``stop_after``, or all), stopping early when patience runs out;
-        leave the best epoch's weights in the model, in eval mode."""
-        if not self.trainable:
-            return self._score_untrained()
+        """Run the remaining epochs (of ``stop_after``, or all), stopping early when patience runs out or an
+        ``fmkit_event`` listener raises StopTraining; leave the best epoch's weights in the model, in eval mode.
+        Tells the listeners ``train_begin`` and ``train_end``."""
+        first = self.position.epoch if self.trainable else 0  # nothing to train: epoch and step 0
+        self.run.emit("train_begin", member=self.member, epoch=first, step=self.global_step())
+        report = self._train() if self.trainable else self._score_untrained()
+        last = self.start_after + report.epochs_run if self.trainable else 0
+        self.run.emit("train_end", {"best_epoch": report.best_epoch, "epochs_run": report.epochs_run,
+                                    "dev": report.best_dev}, member=self.member, epoch=last, step=self.global_step())
+        return report
+
+    def global_step(self) -> int:
+        """Optimizer steps of the member's schedule so far (those of the ``start_after`` epochs included)."""
+        return self.start_after * len(self.loader) + self.position.steps_done if self.trainable else 0
+
+    def _train(self) -> TrainReport:
         position = self.position
         started = time.perf_counter()  # position.stepping: time in training steps only
         epoch = position.epoch - 1  # what ``epochs_run`` counts from when no epoch is left to run
@@ -197,7 +215,8 @@ class Trainer:
         skip = self.start.step if epoch == self.start.epoch else 0
         self.model.train()
         shown = settings.progress and accelerator.is_main_process
-        self.bar = tqdm(accelerator.skip_first_batches(loader, skip) if skip else loader,
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        self.bar = tqdm(batches,
                         desc=f"{self.label}epoch {epoch}/{settings.epochs}", leave=False, initial=skip,
                         total=len(loader), disable=True if not shown else None,  # None: off without a TTY
                         dynamic_ncols=True)
@@ -207,6 +226,9 @@ class Trainer:
                 set_rng_state(self.rng)
                 self.rng = None
             self.step(epoch, index, batch)
+            if self.position.stopped:  # a listener raised StopTraining: end_epoch scores what was trained
+                batches.end()  # what the loader does at its last batch, which this break skips
+                break
         self.position.stepping += time.perf_counter() - self.clock
 
     def step(self, epoch: int, index: int, batch: dict) -> None:
@@ -234,6 +256,7 @@ class Trainer:
             self.bar.set_postfix(loss=f"{loss_value:.4f}", sent_s=f"{rate:.0f}")
             self.run.log("step", member=self.member, epoch=epoch, step=index + 1, loss=round(loss_value, 5),
                          lr=scheduler.get_last_lr()[0])
+            position.stopped = self._stop_asked("step", epoch, {"loss": loss_value, "lr": scheduler.get_last_lr()[0]})
         else:
             _non_finite(self.run, self.settings, self.label, position, loss_value, self.checkpoints)
         every = self.settings.checkpoint_every
@@ -241,6 +264,20 @@ class Trainer:
             position.stepping += time.perf_counter() - self.clock
             self.clock = time.perf_counter()
             self.save_checkpoint()
+
+    def _stop_asked(self, name: str, epoch: int, values: dict[str, Any]) -> bool:
+        """Emit event ``name``; whether a listener raised StopTraining, on any process (all then stop alike)."""
+        try:
+            self.run.emit(name, values, member=self.member, epoch=epoch, step=self.global_step())
+            stop = False
+        except StopTraining:
+            stop = True
+        if self.accelerator.num_processes > 1:  # like _all_finite: one tiny reduce per step
+            import torch
+
+            asked = self.accelerator.reduce(torch.tensor([float(stop)], device=self.accelerator.device), reduction="sum")
+            stop = float(asked) > 0
+        return stop
 
     def _backward(self, loss: Any) -> None:
         """What hardeners call for each of their losses: its share of the step's gradient."""
@@ -264,7 +301,8 @@ class Trainer:
             self.best_state = {n: t.detach().clone() for n, t in self._kept()}
         else:
             position.stale += 1
-            position.stopped = bool(self.settings.patience and position.stale >= self.settings.patience)
+            position.stopped = position.stopped or bool(self.settings.patience and position.stale >= self.settings.patience)
+        position.stopped = self._stop_asked("epoch_end", epoch, {"loss": position.loss, "dev": dev}) or position.stopped
         position.epoch, position.step = epoch + 1, 0
         self.save_checkpoint()
 

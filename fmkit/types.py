@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +95,12 @@ class Hardener(Protocol):
 
     def attack(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Logits of ``model`` on the adversarially perturbed batch (for robust evaluation)."""
+
+    # Optional, for attacks that rewrite the text rather than perturb a batch (``attack = None`` then):
+    # ``attack_examples(model, examples) -> (perturbed, stats)``: the labelled examples rewritten (same order,
+    # same gold labels, a NER sentence keeping its word count), and the attack's cost as numbers for
+    # ``metrics.json`` (``words_changed``, ``queries``, ``seconds_per_example``: means per example). The core
+    # scores the rewritten examples and keeps a sample of the successful ones (``attacks.jsonl``).
 
 
 @runtime_checkable
@@ -193,6 +199,47 @@ class Ensemble(Protocol):
     # ``model_dir`` (the run's ``model/`` folder).
 
 
+EVENTS = ("train_begin", "step", "epoch_end", "train_end", "assess_end")
+"""The names an ``Event`` may have, in the order a member's training and a run emit them."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """What happened in a run, for ``fmkit_event`` listeners (trackers, callbacks, early-stopping rules).
+
+    ``name`` is one of ``EVENTS``: ``train_begin`` and ``train_end`` around each member's training, ``step``
+    after each optimizer step (``loss``, ``lr``), ``epoch_end`` once dev is scored (``loss``, the epoch's last
+    step's, and ``dev/<metric>``), and ``assess_end`` once the run is evaluated (``dev/<metric>``,
+    ``test/<metric>``, ``robust/<attack>/<split>/<metric>``, ``seconds``: the combination's, as in
+    metrics.json). ``train_end`` carries ``best_epoch``, ``epochs_run`` and the best epoch's ``dev/<metric>``;
+    ``train_begin`` nothing. ``member`` is the ensemble member's name (None for a single model, and at
+    ``assess_end``); ``epoch`` counts from 1 (at ``train_begin`` the first epoch to run, at ``train_end`` the
+    last one run; 0 for a model with nothing to train) and ``step`` is the global optimizer step of the
+    member's schedule (both None at ``assess_end``). ``values`` holds numbers only."""
+
+    name: str
+    member: str | None
+    epoch: int | None
+    step: int | None
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class StopTraining(Exception):
+    """Raised by an ``fmkit_event`` listener at ``step`` or ``epoch_end`` to end the member's training there,
+    as patience does: the epoch is scored on dev and the best epoch's weights are kept."""
+
+
+def numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers in ``values``, nested mappings flattened to ``outer/inner`` keys (what an Event carries)."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
 class Run:
     """The context every hook receives, and what travels between stages (and to Ray workers).
 
@@ -223,6 +270,15 @@ class Run:
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    def emit(self, name: str, values: Mapping[str, Any] | None = None, *, member: str | None = None,
+             epoch: int | None = None, step: int | None = None) -> None:
+        """Tell this run's ``fmkit_event`` listeners that ``name`` happened, with the numbers of ``values``
+        (``{"dev": {"f1": 0.9}}`` arrives as ``dev/f1``). Costs next to nothing when none listens. A listener's
+        StopTraining passes through to the caller (the training loop)."""
+        if self.hook is None or not self.hook.fmkit_event.get_hookimpls():
+            return
+        self.hook.fmkit_event(run=self, event=Event(name, member, epoch, step, numbers(values or {})))
 
     def log(self, event: str, **fields: Any) -> None:
         """Append an event to the run's log.jsonl (written with the run directory)."""

@@ -190,3 +190,16 @@ def test_the_api_doc_example_runs(tiny_model, ner_files, tmp_path, monkeypatch, 
     exec(compile(source, "docs/api.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "PER 0 5 'alice'" in printed and (tmp_path / "tweets-model" / "config.json").is_file()
+
+
+def test_runs_at_other_precisions_follow_each_other_in_one_process(tiny_model, ner_files, tmp_path):
+    """Accelerate's state is global and its precision fixed once set: fmkit resets it between runs (a
+    sweep's cells, a notebook), so a bf16 run after an fp32 one trains in bf16, and fp32 after it again."""
+    from fmkit.train import accelerator_for
+
+    for name, precision in (("fp32", "no"), ("bf16", "bf16"), ("again", "no")):
+        run_options = options(tiny_model, ner_files, tmp_path, name)
+        run_options["train"]["precision"] = precision
+        result = fmkit.run(**run_options)
+        assert accelerator_for(precision).mixed_precision == precision
+        assert result.metrics["test"]["f1"] > 0.5, f"{name}: trained"

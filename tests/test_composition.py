@@ -5,7 +5,6 @@ and ``--dry-run`` prints the plan without loading weights."""
 from __future__ import annotations
 
 import itertools
-import json
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from pydantic import BaseModel
 
 from fmkit.cli import main
 from fmkit.plugin import hookimpl
-from fmkit.testing import FAST_TRAIN, installed_plugin
+from fmkit.testing import FAST_TRAIN, installed_plugin, reproducible_metrics
 
 QUICK = [*FAST_TRAIN, "train.epochs=2"]
 COMBINATIONS = {  # three-plugin combinations across stages, each with the settings that keep it quick
@@ -29,11 +28,7 @@ def run_metrics(plugins: str, settings: list[str], files: dict, model, runs, nam
     assert main(["run", "--plugins", plugins, "--model", str(model), "--train", str(files["train"]),
                  "--dev", str(files["dev"]), "--test", str(files["test"]), "--runs-dir", str(runs), "--name", name,
                  *sets]) == 0
-    metrics = json.loads((runs / name / "metrics.json").read_text())
-    metrics.pop("seconds")
-    for member in metrics["members"].values():
-        member.pop("train_seconds")
-    return metrics
+    return reproducible_metrics(runs / name)
 
 
 @pytest.mark.parametrize("combination", list(COMBINATIONS))

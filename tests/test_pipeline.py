@@ -35,7 +35,7 @@ def test_tiny_model_learns_a_trivial_tagging_task(ner_run):
 
 def test_run_directory_contents(ner_run):
     assert sorted(p.name for p in ner_run.iterdir()) == ["README.md", "config.json", "log.jsonl", "metrics.json", "model",
-                                                         "report.txt"]
+                                                         "predictions", "report.html", "report.txt"]
     config = json.loads((ner_run / "config.json").read_text())
     assert config["config"]["seed"] == 5 and config["config"]["train"]["epochs"] == 8
     assert set(config["plugins"]) == {"hf", "full"}

@@ -71,6 +71,10 @@ def test_iob1_files_are_converted_and_declared_schemes_checked(tmp_path):
     iobes = write(tmp_path, "Bob\tS-PER\n", "iobes.conll")
     with pytest.raises(FmkitError, match=r"iobes.conll:1: tag 'S-PER' is outside the IOB2 scheme"):
         load_task_data(RunConfig(data={"train": train, "dev": iobes, "scheme": "IOB2"}))
+    iob2 = write(tmp_path, "Bob\tB-PER\nSmith\tI-PER\nsaw\tO\n\nAnn\tB-PER\nsaw\tO\n", "iob2.conll")
+    with pytest.raises(FmkitError, match=r"iob2.conll:2: tag 'I-PER' is not followed by I- or E- of its type, "
+                                         r"as IOBES requires \(the file reads as IOB2: set data.scheme=IOB2 or auto\)"):
+        load_task_data(RunConfig(data={"train": iob2, "dev": iob2, "scheme": "IOBES"}))
 
 
 def test_dev_types_unseen_in_train_warn_and_still_count(tmp_path, capsys):

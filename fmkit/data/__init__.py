@@ -150,6 +150,18 @@ def _check_scheme(path, sentences: list[Sentence], scheme: str) -> None:
             prefix = split_tag(tag)[0]
             if prefix != "O" and prefix not in allowed:
                 raise FmkitError(f"{path}:{sentence.line + offset}: tag {tag!r} is outside the {scheme} scheme")
+            if scheme == "IOBES" and prefix in ("B", "I") and not _continues(sentence.tags[offset + 1:], tag):
+                found = detect_scheme([s.tags for s in sentences])
+                raise FmkitError(f"{path}:{sentence.line + offset}: tag {tag!r} is not followed by I- or E- of its "
+                                 f"type, as IOBES requires (the file reads as {found}: set data.scheme={found} or auto)")
+
+
+def _continues(rest: list[str], tag: str) -> bool:
+    """Whether the tag after ``tag`` continues its entity (I- or E- of the same type)."""
+    if not rest:
+        return False
+    prefix, kind = split_tag(rest[0])
+    return prefix in ("I", "E") and kind == split_tag(tag)[1]
 
 
 def _classify_task(train: list[TextExample], others: dict) -> Task:
