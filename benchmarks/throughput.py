@@ -41,19 +41,6 @@ RESULTS = Path(__file__).parent / "results" / "throughput.json"
 WAYS = ["fmkit", "fmkit_bf16", "trainer", "trainer_grouped", "trainer_grouped_bf16", "fixed128"]
 
 
-def has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX), or a CUDA GPU is here."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def split_data(config):
     from fmkit.data import load_task_data
 
@@ -165,6 +152,7 @@ def main() -> None:
     import torch
 
     from fmkit.config import RunConfig
+    from fmkit.train import bf16_in_hardware
 
     with tempfile.TemporaryDirectory() as runs:
         config = RunConfig(runs_dir=Path(runs), name="bench", data={"limit": args.train_limit},
@@ -192,7 +180,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     base = results.get("trainer_grouped", results.get("trainer", {})).get("sentences_per_second")
     print(f"\n{'LoRA' if args.lora else 'full fine-tuning'}, {args.epochs} epochs, batch {config.train.batch_size}, "
-          f"{len(data.train)} train sentences ({tokens} tokens), {device}, bf16 in hardware: {has_bf16()}")
+          f"{len(data.train)} train sentences ({tokens} tokens), {device}, bf16 in hardware: {bf16_in_hardware()}")
     print(f"{'way':<21} {'sent/s':>8} {'tokens/s':>9} {'vs grouped':>11} {'test F1':>8}")
     for way, r in results.items():
         ratio = f"{r['sentences_per_second'] / base:.2f}x" if base else "-"
@@ -200,7 +188,7 @@ def main() -> None:
               f"{r['test_f1']:>8.4f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"epochs": args.epochs, "batch_size": config.train.batch_size,
-                                       "lora": args.lora, "device": device, "bf16_in_hardware": has_bf16(),
+                                       "lora": args.lora, "device": device, "bf16_in_hardware": bf16_in_hardware(),
                                        "train_sentences": len(data.train), "train_tokens": tokens,
                                        "results": results}, indent=2) + "\n")
     print(f"written {args.output}")

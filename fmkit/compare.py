@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
+from fmkit.config import flatten_options
 from fmkit.errors import FmkitError
 
 PREDICTIONS = Path("predictions") / "test.jsonl"
@@ -204,11 +205,11 @@ class SavedRun:
         plugin's as config.json resolved them."""
         config = dict(self.record.get("config") or {})
         given = config.pop("plugin_options", {}) or {}
-        flat = _flatten(config)
+        flat = flatten_options(config)
         for name, values in given.items():
-            flat.update(_flatten(values, f"{name}."))
+            flat.update(flatten_options(values, f"{name}."))
         for name, info in (self.record.get("plugins") or {}).items():
-            flat.update(_flatten(info.get("options") or {}, f"{name}."))
+            flat.update(flatten_options(info.get("options") or {}, f"{name}."))
         return {key: value for key, value in flat.items() if key not in IGNORED_OPTIONS}
 
     def predictions(self) -> tuple[list, list] | None:
@@ -227,15 +228,6 @@ class SavedRun:
             raise FmkitError(f"{path}: unreadable test predictions ({exc})") from None
         return gold, predicted
 
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def is_run(path: Path) -> bool:

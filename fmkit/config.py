@@ -89,7 +89,9 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(
         None, ge=1, description="stop after this many epochs without a better dev score (none = run every epoch)"
     )
-    precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision (Accelerate)")
+    precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "no", description="mixed precision (Accelerate autocast); auto: bf16 where the GPU or CPU computes it in "
+                          "hardware (AVX-512 BF16, AMX), else no")
     progress: bool = Field(True, description="show a progress bar")
     checkpoint_every: int | None = Field(
         None, ge=1, description="also checkpoint every N training steps, not only at epoch ends (for --resume)"
@@ -330,3 +332,15 @@ def _closest_field(model: type[BaseModel], loc: list[str]) -> str | None:
         model = annotation
     match = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
     return ".".join([*loc[:-1], match[0]]) if match else None
+
+
+def flatten_options(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``: options by their ``--set`` keys (for a
+    leaderboard's differing options, a tracker's parameters). An empty mapping stays a value."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_options(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

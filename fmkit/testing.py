@@ -18,6 +18,16 @@ FAST_TRAIN = ["train.epochs=8", "train.lr=3e-3", "train.batch_size=16", "train.p
 """``--set`` values that make the tiny model learn the synthetic tagging task (test F1 >= 0.9) in seconds."""
 
 
+def set_flags(*settings: str, fast: bool = True) -> list[str]:
+    """``--set S`` for each setting, after FAST_TRAIN's (unless ``fast=False``): a test's command line."""
+    return [x for s in (*(FAST_TRAIN if fast else ()), *settings) for x in ("--set", str(s))]
+
+
+def data_flags(files: dict[str, Path]) -> list[str]:
+    """``--train F --dev F --test F`` for the splits of ``write_ner_files`` (or any such mapping)."""
+    return [x for split in ("train", "dev", "test") if split in files for x in (f"--{split}", str(files[split]))]
+
+
 def tiny_vocab() -> list[str]:
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = list(LETTERS) + [f"##{c}" for c in LETTERS] + list(".,!?@#-'")

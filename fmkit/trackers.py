@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import fmkit
+from fmkit.config import flatten_options
 from fmkit.errors import FmkitError
 
 INSTALL = "pip install 'fmkit[trackers]'"
@@ -83,7 +84,7 @@ class Trackers:
     def __init__(self, names: list[str], directory: Path, run_name: str, config: dict[str, Any]):
         self.names, self.directory, self.run_name = names, directory, run_name
         self.config = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
-                       for key, value in _flat(config).items()}
+                       for key, value in flatten_options(config).items()}
         self.open: dict[str | None, list[Any]] = {}
         self.steps: dict[str | None, int] = {}
         self.store: str | None = None  # the MLflow store this listener set, while a run is open in it
@@ -154,13 +155,3 @@ class Trackers:
             self.store = f"sqlite:///{(self.directory / 'mlflow.db').resolve()}"
             mlflow.set_tracking_uri(self.store)
 
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``: a run's options as tracker parameters."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fmkit.checkpoint import MemberCheckpoints, Position, rng_state, set_rng_state
@@ -42,10 +43,33 @@ def forward_logits(model: Any, batch: dict) -> Any:
 _ACCELERATOR: dict[str, Any] = {}  # the process's Accelerator, by its precision
 
 
+def bf16_in_hardware() -> bool:
+    """Whether bf16 matrix products run in hardware here: a CUDA GPU that has them, or a CPU with AVX-512 BF16
+    or AMX (the flags Linux lists in /proc/cpuinfo). Elsewhere bf16 autocast is emulated, and slower."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolved_precision(precision: str) -> str:
+    """``train.precision`` as Accelerate takes it: ``auto`` is bf16 where ``bf16_in_hardware``, else no."""
+    if precision == "auto":
+        return "bf16" if bf16_in_hardware() else "no"
+    return precision
+
+
 def accelerator_for(precision: str) -> Any:
-    """The process's Accelerator, at ``precision``. Accelerate keeps one global state, whose mixed precision
-    cannot change: a run at another precision than the last one in this process (``fmkit.run`` twice, a
-    sweep's cells) resets that state and makes a new one (the devices and processes stay as they were)."""
+    """The process's Accelerator, at ``precision`` (``auto`` resolved). Accelerate keeps one global state, whose
+    mixed precision cannot change: a run at another precision than the last one in this process
+    (``fmkit.run`` twice, a sweep's cells) resets that state and makes a new one (the devices and processes
+    stay as they were)."""
+    precision = resolved_precision(precision)
     if precision not in _ACCELERATOR:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState

@@ -203,3 +203,13 @@ def test_runs_at_other_precisions_follow_each_other_in_one_process(tiny_model, n
         result = fmkit.run(**run_options)
         assert accelerator_for(precision).mixed_precision == precision
         assert result.metrics["test"]["f1"] > 0.5, f"{name}: trained"
+
+
+@pytest.mark.parametrize("in_hardware, expected", [(True, "bf16"), (False, "no")])
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(in_hardware, expected, monkeypatch):
+    import fmkit.train
+
+    monkeypatch.setattr(fmkit.train, "bf16_in_hardware", lambda: in_hardware)
+    assert fmkit.train.resolved_precision("auto") == expected
+    assert fmkit.train.accelerator_for("auto").mixed_precision == expected
+    assert fmkit.train.resolved_precision("fp16") == "fp16", "an explicit precision is kept"

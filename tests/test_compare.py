@@ -19,21 +19,16 @@ import pytest
 from fmkit.cli import main
 from fmkit.compare import EntityF1, LabelMetric, leaderboard, paired_bootstrap
 from fmkit.errors import FmkitError
-from fmkit.testing import FAST_TRAIN
-
-
-def settings(*extra: str) -> list[str]:
-    return [x for s in (*FAST_TRAIN, *extra) for x in ("--set", s)]
+from fmkit.testing import data_flags, set_flags
 
 
 @pytest.fixture(scope="module")
 def sweep(tiny_model, ner_files, tmp_path_factory) -> Path:
     """A folder of two runs of the same data: ``good`` learns the task, ``weak`` (a low rate, 2 epochs) barely."""
     root = tmp_path_factory.mktemp("sweep")
-    data = [x for split in ("train", "dev", "test") for x in (f"--{split}", str(ner_files[split]))]
-    common = ["run", "--task", "ner", *data, "--model", str(tiny_model), "--runs-dir", str(root)]
-    assert main([*common, "--name", "good", *settings()]) == 0
-    assert main([*common, "--name", "weak", *settings("train.lr=1e-5", "train.epochs=2")]) == 0
+    common = ["run", "--task", "ner", *data_flags(ner_files), "--model", str(tiny_model), "--runs-dir", str(root)]
+    assert main([*common, "--name", "good", *set_flags()]) == 0
+    assert main([*common, "--name", "weak", *set_flags("train.lr=1e-5", "train.epochs=2")]) == 0
     return root
 
 

@@ -5,15 +5,11 @@ import json
 import pytest
 
 from fmkit.cli import main
-from fmkit.testing import FAST_TRAIN
+from fmkit.testing import set_flags
 
 
 def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
-
-
-def settings(*extra: str) -> list[str]:
-    return [x for s in (*FAST_TRAIN, *extra) for x in ("--set", s)]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +17,7 @@ def ner_run(tiny_model, ner_files, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     code = run_cli("run", "--task", "ner", "--train", ner_files["train"], "--dev", ner_files["dev"],
                    "--test", ner_files["test"], "--model", tiny_model, "--runs-dir", runs, "--name", "tiny",
-                   "--seed", 5, *settings())
+                   "--seed", 5, *set_flags())
     assert code == 0
     return runs / "tiny"
 
@@ -82,7 +78,7 @@ def test_predict_writes_conll_columns_for_text_and_conll_input(ner_run, tmp_path
 def test_existing_run_is_refused_and_left_untouched(ner_run, ner_files, tiny_model, capsys):
     before = (ner_run / "metrics.json").read_bytes()
     code = run_cli("run", "--train", ner_files["train"], "--dev", ner_files["dev"], "--model", tiny_model,
-                   "--runs-dir", ner_run.parent, "--name", "tiny", *settings())
+                   "--runs-dir", ner_run.parent, "--name", "tiny", *set_flags())
     assert code == 2
     assert "already exists (pass --overwrite" in capsys.readouterr().err
     assert (ner_run / "metrics.json").read_bytes() == before
@@ -91,7 +87,7 @@ def test_existing_run_is_refused_and_left_untouched(ner_run, ner_files, tiny_mod
 def test_classify_run_and_predict(tiny_model, classify_files, tmp_path, capsys):
     runs = tmp_path / "runs"
     code = run_cli("run", "--task", "classify", "--train", classify_files["train"], "--dev", classify_files["dev"],
-                   "--model", tiny_model, "--runs-dir", runs, "--name", "cls", *settings("train.epochs=10"))
+                   "--model", tiny_model, "--runs-dir", runs, "--name", "cls", *set_flags("train.epochs=10"))
     assert code == 0
     metrics = json.loads((runs / "cls" / "metrics.json").read_text())
     assert "test" not in metrics and metrics["dev"]["accuracy"] >= 0.9, metrics["dev"]
@@ -149,7 +145,7 @@ def test_every_run_starts_its_head_at_the_training_label_prior(tiny_model, ner_f
 
     code = run_cli("run", "--task", "ner", "--train", ner_files["train"], "--dev", ner_files["dev"],
                    "--model", tiny_model, "--runs-dir", tmp_path, "--name", "prior",
-                   *settings("train.epochs=1", "train.lr=1e-9"))
+                   *set_flags("train.epochs=1", "train.lr=1e-9"))
     assert code == 0
     tags = Counter(line.split()[-1] for line in ner_files["train"].read_text().splitlines() if line.strip())
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "prior" / "model")

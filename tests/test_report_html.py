@@ -20,7 +20,7 @@ import pytest
 from fmkit.cli import main
 from fmkit.compare import SavedRun, read_run
 from fmkit.report_html import MISSED, SPURIOUS, confusion, fusion_figures, training_curves
-from fmkit.testing import FAST_TRAIN
+from fmkit.testing import data_flags, set_flags
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -29,18 +29,13 @@ RUN_FIGURES = ["training loss", "learning rate", "dev f1 per epoch", "F1 per ent
                "f1: clean vs attacked"]
 
 
-def settings(*extra: str) -> list[str]:
-    return [x for s in (*FAST_TRAIN, *extra) for x in ("--set", s)]
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_model, ner_files, tmp_path_factory) -> Path:
     """Two tiny NER runs: ``hardened`` (pgd: robust metrics) and ``plain`` (fewer epochs)."""
     root = tmp_path_factory.mktemp("report-runs")
-    data = [x for split in ("train", "dev", "test") for x in (f"--{split}", str(ner_files[split]))]
-    common = ["run", "--task", "ner", *data, "--model", str(tiny_model), "--runs-dir", str(root)]
-    assert main([*common, "--name", "hardened", "--plugins", "pgd", *settings("train.epochs=3", "pgd.eval_steps=3")]) == 0
-    assert main([*common, "--name", "plain", *settings("train.epochs=2")]) == 0
+    common = ["run", "--task", "ner", *data_flags(ner_files), "--model", str(tiny_model), "--runs-dir", str(root)]
+    assert main([*common, "--name", "hardened", "--plugins", "pgd", *set_flags("train.epochs=3", "pgd.eval_steps=3")]) == 0
+    assert main([*common, "--name", "plain", *set_flags("train.epochs=2")]) == 0
     return root
 
 

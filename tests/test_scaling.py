@@ -14,11 +14,7 @@ from pathlib import Path
 
 import pytest
 from fmkit.cli import main
-from fmkit.testing import FAST_TRAIN
-
-
-def settings(*extra: str) -> list[str]:
-    return [x for s in (*FAST_TRAIN, *extra) for x in ("--set", s)]
+from fmkit.testing import set_flags
 
 
 def free_port() -> int:
@@ -35,7 +31,7 @@ def steps_per_epoch(run_dir: Path) -> int:
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate command is not on PATH")
 def test_two_processes_train_data_parallel(tiny_model, ner_files, tmp_path):
     data = ["--train", ner_files["train"], "--dev", ner_files["dev"], "--test", ner_files["test"],
-            "--model", tiny_model, "--runs-dir", tmp_path / "runs", "--seed", "5", *settings()]
+            "--model", tiny_model, "--runs-dir", tmp_path / "runs", "--seed", "5", *set_flags()]
     assert main(["run", "--name", "one", *map(str, data)]) == 0
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
@@ -53,7 +49,7 @@ def test_two_processes_train_data_parallel(tiny_model, ner_files, tmp_path):
 def bagging_run(executor: str, model: Path, files: dict, runs: Path) -> Path:
     args = ["run", "--plugins", "bagging", "--executor", executor, "--model", model, "--train", files["train"],
             "--dev", files["dev"], "--test", files["test"], "--runs-dir", runs, "--name", executor,
-            *settings("bagging.members=2", "bagging.trunk=0", "train.epochs=3")]
+            *set_flags("bagging.members=2", "bagging.trunk=0", "train.epochs=3")]
     assert main([str(a) for a in args]) == 0
     return runs / executor
 

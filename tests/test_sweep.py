@@ -14,15 +14,14 @@ import pytest
 from fmkit.checkpoint import MemberCheckpoints
 from fmkit.cli import main
 from fmkit.sweep import Sweep, expand, plugins_of
-from fmkit.testing import FAST_TRAIN
+from fmkit.testing import FAST_TRAIN, data_flags
 
 QUICK = [*FAST_TRAIN, "train.epochs=2", "data.limit=64"]
 
 
 def sweep_args(grid: str, files: dict, model: Path, runs: Path, *settings: str, extra: tuple = (),
                quick: list[str] = QUICK) -> list[str]:
-    data = [x for split in ("train", "dev", "test") for x in (f"--{split}", str(files[split]))]
-    return ["sweep", grid, *data, "--model", str(model), "--runs-dir", str(runs), *extra,
+    return ["sweep", grid, *data_flags(files), "--model", str(model), "--runs-dir", str(runs), *extra,
             *(x for s in (*quick, *settings) for x in ("--set", s))]
 
 
