@@ -18,7 +18,8 @@ steps, and the textbook PGD-3 this implementation improves on (a separate clean 
 backward per ascent step), timed on the same batches. Prints tables, writes
 benchmarks/results/hardening.json.
 
-Every model is also scored under the word attack (`wordswap`, its default budget: 15% of the words,
+Every model is also scored under the word attack (`wordswap`, at its default budget of 15% of the words or
+the options of `--word-set wordswap.budget=0.3`, which the wordswap training uses too;
 whole-word substitutes among the 30 nearest in the model's input embeddings; NER never touches a gold
 entity), by `fmkit eval --attack wordswap` unless its run scored it already; its cost per example
 (words changed, forward passes, seconds) is recorded. `--suite clothing` runs the same on a
@@ -171,7 +172,8 @@ def step_costs(config, task, data, batches: int, repeats: int) -> dict:
     return {name: statistics.median(times) for name, times in rounds.items()}
 
 
-def scored_under(way: str, attack: str, target: Path, metrics: dict, test_file: Path, epsilon: float | None) -> dict:
+def scored_under(way: str, attack: str, target: Path, metrics: dict, test_file: Path, epsilon: float | None,
+                 word_settings: list[str]) -> dict:
     """The test metrics under ``attack``: from the run itself when its plugin is that attack (the evaluation
     attack of every embedding plugin is the same PGD-10 `--attack pgd` runs), else from `fmkit eval`."""
     own = WAYS[way][0] if WAYS[way] else None
@@ -179,6 +181,7 @@ def scored_under(way: str, attack: str, target: Path, metrics: dict, test_file: 
     if own == attack or embedding:
         return {**metrics["robust"][own]["test"], "clean": metrics["test"]}
     settings = [f"{attack}.epsilon={epsilon}"] if epsilon and attack == "pgd" else []
+    settings += word_settings if attack == "wordswap" else []
     scored = evaluate(target, test_file, attack, settings)
     return {**scored["robust"][attack], "clean": scored}
 
@@ -197,6 +200,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="another training seed (initialisation, data order); "
                         "the split stays the default seed's, written to files (ner)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--word-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a wordswap option (wordswap.budget=0.3), for the word attack that scores every way and "
+                             "for the wordswap training (repeatable)")
     parser.add_argument("--step-batches", type=int, default=10, help="batches timed per way in the step costs "
                         "(0: skip; ner only)")
     args = parser.parse_args()
@@ -223,9 +229,11 @@ def main() -> None:
         for way in [w for w in args.ways.split(",") if w]:  # --ways "": step costs only
             settings = WAYS[way] + [f"{name}.epsilon={args.epsilon}" for name in WAYS[way] if args.epsilon
                                     and "=" not in name and name != "wordswap"]
+            settings += args.word_set if "wordswap" in WAYS[way] else []
             started = time.perf_counter()
             target, metrics, member = train(way, settings, common, Path(tmp) / "runs")
-            embedding, word = (scored_under(way, a, target, metrics, test_file, args.epsilon) for a in ATTACKS)
+            embedding, word = (scored_under(way, a, target, metrics, test_file, args.epsilon, args.word_set)
+                               for a in ATTACKS)
             results[way] = {
                 f"test_{metric}": embedding["clean"][metric], f"robust_{metric}": embedding[metric],
                 "attack_success_rate": embedding["attack_success_rate"],
@@ -279,6 +287,7 @@ def main() -> None:
     args.output.write_text(json.dumps({
         "suite": args.suite, "train_examples": len(data.train), "test_examples": len(data.test),
         "epochs": args.epochs, "lr": args.lr, "attacks": ["pgd (PGD-10)", "wordswap"], "epsilon": args.epsilon,
+        "word_settings": args.word_set,
         "results": results, "step_seconds": costs, "pgd_seconds_per_extra_ascent_step": per_step,
     }, indent=2) + "\n")
     print(f"written {args.output}")
