@@ -90,7 +90,7 @@ class TrainConfig(BaseModel):
         None, ge=1, description="stop after this many epochs without a better dev score (none = run every epoch)"
     )
     precision: Literal["auto", "no", "fp16", "bf16"] = Field(
-        "no", description="mixed precision (Accelerate autocast); auto: bf16 where the GPU or CPU computes it in "
+        "auto", description="mixed precision (Accelerate autocast); auto: bf16 where the GPU or CPU computes it in "
                           "hardware (AVX-512 BF16, AMX), else no")
     progress: bool = Field(True, description="show a progress bar")
     checkpoint_every: int | None = Field(
@@ -104,6 +104,12 @@ class TrainConfig(BaseModel):
         "tensorboard, mlflow, wandb, comet_ml, aim, clearml, dvclive, swanlab, trackio, or all (those installed); "
         "files go under the run's trackers/ (docs/user-guide.md, 'Trackers and events')"
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_no(cls, value: Any) -> Any:
+        """``--set train.precision=no`` reads as YAML's false: that is ``no`` (Accelerate's name)."""
+        return "no" if value is False else value
 
     @field_validator("report_to", mode="before")
     @classmethod

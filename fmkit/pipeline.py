@@ -25,7 +25,7 @@ def execute(config: RunConfig, selection: Selection | None = None, resume: bool 
     """Train, evaluate and save one run; return the run directory and its metrics. ``resume``: continue
     the interrupted run of that name from its checkpoints. Under ``accelerate launch`` every process
     trains; only the main one writes the run directory."""
-    from fmkit.train import processes
+    from fmkit.train import processes, resolved_precision
 
     selection = selection or select(config)
     check_executor(config)
@@ -39,6 +39,7 @@ def execute(config: RunConfig, selection: Selection | None = None, resume: bool 
         name = broadcast_object_list([name])[0]
     target = rundir.check_target(config.runs_dir, name, config.overwrite)
     started = time.perf_counter()
+    reset_peak_memory()
     partial = open_partial(target, config.model_copy(update={"name": name}), resume, group.is_main_process)
     group.wait_for_everyone()
     run = Run(config, task, data, partial, hook=selection.manager.hook)
@@ -46,6 +47,10 @@ def execute(config: RunConfig, selection: Selection | None = None, resume: bool 
     tracking = attach_trackers(run, selection.manager, name, group.is_main_process)
     try:
         run.say(f"data: {data.description}")
+        if config.train.precision == "auto":
+            resolved = resolved_precision("auto")
+            run.say(f"precision: {'bf16 autocast' if resolved == 'bf16' else 'fp32'} (train.precision=auto: bf16 "
+                    f"{'is' if resolved == 'bf16' else 'is not'} computed in hardware here)")
         run.foundation = run.hook.fmkit_pretrain(run=run)
         run.data = transform_data(run)
         builder = run.hook.fmkit_fuse(run=run, foundation=run.foundation)
@@ -57,7 +62,7 @@ def execute(config: RunConfig, selection: Selection | None = None, resume: bool 
         ensemble = run.hook.fmkit_combine(run=run, fit=trainer)
         metrics, report, predicted = assess(scorer, ensemble, run.data, stage_hardeners, builder)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
-        metrics.update(peak_memory())
+        metrics.update(peak_memory(), precision=resolved_precision(config.train.precision))
         run.emit("assess_end", {k: v for k, v in metrics.items() if k != "members"})
         if group.is_main_process:
             save(run, selection, ensemble, metrics, report, target, predicted)
@@ -74,20 +79,41 @@ def execute(config: RunConfig, selection: Selection | None = None, resume: bool 
     return target, metrics
 
 
+def reset_peak_memory() -> None:
+    """Start this run's memory peaks afresh, so that a run after others in one process (a sweep's cells,
+    ``fmkit.run`` in a notebook) reports its own: Linux resets the resident peak (VmHWM) on writing 5 to
+    /proc/self/clear_refs, torch its GPU peak. Elsewhere the resident peak stays the process's."""
+    import sys
+
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as control:
+            control.write("5")
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_memory() -> dict[str, float]:
-    """The process's peak resident memory (``peak_memory_mb``) and, on a GPU, the peak memory torch
-    allocated there (``peak_gpu_memory_mb``), in MiB: what a leaderboard compares beside time. The
-    resident peak is the process's since it started (several runs in one process share it)."""
+    """The run's peak resident memory (``peak_memory_mb``) and, on a GPU, the peak memory torch allocated
+    there (``peak_gpu_memory_mb``), in MiB, since ``reset_peak_memory``: what a leaderboard compares beside
+    time. Linux reads VmHWM; elsewhere the process's peak since it started (``getrusage``)."""
+    import re
     import sys
 
     peaks: dict[str, float] = {}
     try:
-        import resource
-    except ImportError:  # not on Windows
-        resource = None  # type: ignore[assignment]
-    if resource is not None:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        peaks["peak_memory_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+        peaks["peak_memory_mb"] = round(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024, 1)
+    except (OSError, AttributeError):
+        try:
+            import resource
+        except ImportError:  # not on Windows
+            resource = None  # type: ignore[assignment]
+        if resource is not None:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+            peaks["peak_memory_mb"] = round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         peaks["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

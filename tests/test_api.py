@@ -17,19 +17,15 @@ import pytest
 
 import fmkit
 from fmkit.cli import main
-from fmkit.testing import FAST_TRAIN
+from fmkit.testing import fast_train_options
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def options(tiny_model, ner_files, runs, name: str, **extra) -> dict:
     """A tiny run's options, as fmkit.run takes them (FAST_TRAIN as nested keys)."""
-    train = {}
-    for setting in FAST_TRAIN:
-        key, value = setting.split("=")
-        train[key.split(".")[1]] = json.loads(value) if value not in ("false", "true") else value == "true"
     return {"task": "ner", "model": str(tiny_model), "data": {k: str(v) for k, v in ner_files.items()},
-            "train": train, "runs_dir": str(runs), "name": name, **extra}
+            "train": fast_train_options(), "runs_dir": str(runs), "name": name, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +209,21 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(in_hardware,
     assert fmkit.train.resolved_precision("auto") == expected
     assert fmkit.train.accelerator_for("auto").mixed_precision == expected
     assert fmkit.train.resolved_precision("fp16") == "fp16", "an explicit precision is kept"
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="resets the resident peak on Linux only")
+def test_each_run_in_a_process_reports_its_own_peak_memory(tiny_model, ner_files, tmp_path):
+    """A sweep's cells run one after another in one process: the second run's peak must not be the first's."""
+
+    class Hog:
+        held: list = []
+
+        @fmkit.hookimpl
+        def fmkit_event(self, run, event):
+            if event.name == "train_begin":
+                self.held.append(bytearray(300 * 2**20))  # touched: 300 MiB resident
+
+    hungry = fmkit.run(**options(tiny_model, ner_files, tmp_path, "hungry"), callbacks=[Hog()])
+    Hog.held.clear()
+    modest = fmkit.run(**options(tiny_model, ner_files, tmp_path, "modest"))
+    assert hungry.metrics["peak_memory_mb"] - modest.metrics["peak_memory_mb"] > 200

@@ -177,3 +177,10 @@ def test_plugins_bring_training_defaults_the_user_did_not_set():
     assert (train.lr, train.epochs, train.batch_size) == (2e-3, 2, 8)  # adapter's LoRA rate; short members
     train = effective("train.batch_size=32", "train.lr=1e-3")
     assert (train.lr, train.epochs, train.batch_size) == (1e-3, 2, 32)  # what the user set wins
+
+
+@pytest.mark.parametrize("written, precision", [("no", "no"), ("bf16", "bf16"), ("auto", "auto")])
+def test_precision_reads_as_written_on_the_command_line(written, precision):
+    """YAML reads a bare ``no`` as false; ``--set train.precision=no`` is still Accelerate's ``no``."""
+    config = build_config(None, {}, [f"train.precision={written}"], {"hf", "full", "single"})
+    assert config.train.precision == precision

@@ -11,19 +11,15 @@ import pytest
 import fmkit
 from fmkit.cli import main
 from fmkit.plugin import Event, StopTraining
-from fmkit.testing import FAST_TRAIN
+from fmkit.testing import fast_train_options
 
 STEPS_PER_EPOCH = 15  # 240 training sentences in batches of 16
 
 
 def options(tiny_model, ner_files, runs, name: str, **train) -> dict:
     """A tiny NER run's options, as fmkit.run takes them (FAST_TRAIN as nested keys, ``train`` added)."""
-    settings = {}
-    for setting in FAST_TRAIN:
-        key, value = setting.split("=")
-        settings[key.split(".")[1]] = json.loads(value)
     return {"task": "ner", "model": str(tiny_model), "data": {k: str(v) for k, v in ner_files.items()},
-            "train": {**settings, **train}, "runs_dir": str(runs), "name": name}
+            "train": {**fast_train_options(), **train}, "runs_dir": str(runs), "name": name}
 
 
 class Recorder:
