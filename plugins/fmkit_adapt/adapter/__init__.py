@@ -47,8 +47,9 @@ class Adapter:
 
     @property
     def train_defaults(self) -> dict[str, Any]:
-        """Adapters need a higher learning rate than full fine-tuning (see fmkit_adapt.adapter.methods)."""
-        return {"lr": LEARNING_RATES[self.options.method]}
+        """Adapters need a higher learning rate than full fine-tuning (see fmkit_adapt.adapter.methods). fp32
+        under train.precision=auto: bf16 autocast was measured on full fine-tuning only (README, Performance)."""
+        return {"lr": LEARNING_RATES[self.options.method], "precision": "no"}
 
     def check(self, config: Any) -> None:
         method = self.options.method
