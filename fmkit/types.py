@@ -20,7 +20,8 @@ Example = Union["Sentence", "TextExample"]
 
 Batch = dict[str, "torch.Tensor"]
 """A padded batch: ``input_ids``, ``attention_mask`` (+ ``token_type_ids``), ``labels`` when known,
-``weights`` (per-example loss weights) when a combine plugin sets them. Multimodal batches also carry
+``weights`` (per-example loss weights) when a combine plugin sets them, ``word_mask`` (bool, the
+positions that predict a word) in NER batches being scored (``prediction_batches``). Multimodal batches also carry
 ``pixel_values`` (float32 N x 3 x H x W in [0, 1]; the model normalises) and/or ``features`` (float32
 N x F, encoded with the training split's statistics) and ``categories`` (int64 N x C, 0 = unknown), and ``image_missing`` / ``features_missing`` (bool N) when rows may lack one."""
 

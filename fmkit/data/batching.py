@@ -108,11 +108,19 @@ def prediction_batches(features: Sequence[Feature], batch_size: int, pad_id: int
                        device: Any = None) -> Iterator[tuple[list[int], dict]]:
     """The features in length-sorted batches padded to their own longest, on ``device``, each with the
     positions in ``features`` of its rows: how every split is scored, by the core and by plugins
-    that read what a model computes (cached features, per-modality reports)."""
+    that read what a model computes (cached features, per-modality reports). NER batches carry
+    ``word_mask``, the positions whose prediction is a word's (not a model input: what an ensemble
+    checks before it skips members, ``Ensemble.predict_proba``)."""
+    import torch
+
     dataset = IndexedFeatures(features)
     collate = Collator(pad_id)
     for indices in BucketBatchSampler(dataset.lengths, batch_size, shuffle=False):
         batch = collate([dataset[i] for i in indices])
+        if features[indices[0]].word_positions is not None:
+            batch["word_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+            for row, i in enumerate(indices):
+                batch["word_mask"][row, [position for _, position in features[i].word_positions]] = True
         if device is not None:
             batch = {k: v.to(device) for k, v in batch.items()}
         yield indices, batch

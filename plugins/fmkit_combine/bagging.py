@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from fmkit.plugin import MemberSpec, Run
 from fmkit_combine.members import Combine, TrunkOptions
-from fmkit_combine.vote import VOTE_OPTION
+from fmkit_combine.vote import VoteOptions
 
 
 class Bagging(Combine):
@@ -16,12 +14,11 @@ class Bagging(Combine):
 
     name = "bagging"
 
-    class Options(TrunkOptions):
+    class Options(TrunkOptions, VoteOptions):
         sample: float = Field(0.3, gt=0, le=1, description="size of each bootstrap sample (drawn with replacement) "
                                                            "as a share of the training set, which each member "
                                                            "trains on after the trunk: the members' cost scales "
                                                            "with it (docs/ensembles.md)")
-        vote: Literal["soft", "hard"] = VOTE_OPTION
 
     def specs(self, run: Run) -> list[MemberSpec]:
         """Seeded bootstrap samples, recorded as each member's indices (model/ensemble.json)."""

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from fmkit.plugin import FitCallback, FmkitError, MemberSpec, Run, gold_labels, labels_from_probs, softmax_predictor
 from fmkit_combine.members import Combine, Members, TrunkOptions, trunk_option
-from fmkit_combine.vote import Vote
+from fmkit_combine.vote import CASCADE_OPTION, Vote
 
 
 def samme_round(sample_weight: np.ndarray, incorrect: np.ndarray, n_classes: int) -> tuple[np.ndarray | None, float, float]:
@@ -63,7 +63,7 @@ def boost(run: Run, fit: FitCallback, plugin: Combine) -> Vote:
     if stopped:
         run.say(f"boosting: stopped after {len(members)} members: {stopped}")
     return Vote(members, alphas, "soft", {"member_weights": alphas, "weighted_errors": errors, "stopped": stopped,
-                                          **trainer.record()})
+                                          **trainer.record()}, plugin.options.cascade)
 
 
 class Boosting(Combine):
@@ -76,6 +76,7 @@ class Boosting(Combine):
         members: int = Field(3, ge=2, description="ensemble members at most (boosting stops early when a member "
                                                   "makes no error or none better than chance)")
         trunk: float = trunk_option(0.7)
+        cascade: float | None = CASCADE_OPTION
 
     def note(self, spec: MemberSpec) -> str:
         return ", all rows, reweighted by the errors of the members before it"

@@ -53,7 +53,9 @@ class Combine:
     @property
     def combination(self) -> str:
         """How the members' predictions become one, for the plan."""
-        return f"a {getattr(self.options, 'vote', 'soft')} vote"
+        cascade = getattr(self.options, "cascade", None)
+        return f"a {getattr(self.options, 'vote', 'soft')} vote" + (
+            f", as a cascade: the first member alone where it is {cascade:g} sure" if cascade else "")
 
     def __init__(self, options: CombineOptions):
         self.options = options
@@ -84,7 +86,8 @@ class Combine:
 
         trainer = Members(run, fit, self)
         members = trainer.train(self.specs(run), self.note)
-        return Vote(members, vote=getattr(self.options, "vote", "soft"), extra=trainer.record())
+        return Vote(members, vote=getattr(self.options, "vote", "soft"), extra=trainer.record(),
+                    cascade=getattr(self.options, "cascade", None))
 
     def note(self, spec: MemberSpec) -> str:
         """More about a member for its progress line and the plan: what it trains on, when that is not all rows."""
@@ -122,7 +125,8 @@ class Combine:
     def restore(self, run: Run, members: list[Member], state: dict[str, Any], directory: Path) -> Any:
         from fmkit_combine.vote import Vote
 
-        return Vote(members, state["weights"], state["vote"], {k: v for k, v in state.items() if k not in ("weights", "vote")})
+        extra = {k: v for k, v in state.items() if k not in ("weights", "vote", "cascade")}
+        return Vote(members, state["weights"], state["vote"], extra, state.get("cascade"))
 
 
 class Members:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from fmkit_combine.members import Combine, VariedOptions, trunk_option
-from fmkit_combine.vote import VOTE_OPTION
+from fmkit_combine.vote import VoteOptions
 
 
 class Voting(Combine):
@@ -15,8 +13,7 @@ class Voting(Combine):
 
     name = "voting"
 
-    class Options(VariedOptions):
+    class Options(VariedOptions, VoteOptions):
         members: int = Field(3, ge=2, description="ensemble members; each continues the trunk on all the rows, "
                                                   "so the cost grows with it")
         trunk: float = trunk_option(0.7)
-        vote: Literal["soft", "hard"] = VOTE_OPTION

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
-from fmkit_fuse.fusion import FusionOptions, FusionPlugin
+from fmkit_fuse.fusion import PRODUCTS_OPTION, FusionOptions, FusionPlugin
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 class AttentionOptions(FusionOptions):
     heads: int = Field(4, ge=1, description="attention heads in the cross-modal transformer block")
+    products: bool = PRODUCTS_OPTION
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> AttentionOptions:
@@ -29,12 +30,15 @@ def attention_head() -> type[nn.Module]:
     import torch
     from torch import nn
 
-    from fmkit_fuse.model import FusionSpec, Part, masked_mean
+    from fmkit_fuse.model import BatchStandardise, FusionSpec, Part, masked_mean
 
     class AttentionHead(nn.Module):
         """One transformer block over all modality tokens (with modality-type embeddings), so text tokens
-        attend to image and feature tokens; the text positions are pooled for the classifier.
-        Contribution: the attention mass text tokens give each modality."""
+        attend to image and feature tokens; the text positions are pooled for the classifier, beside (with
+        ``spec.products``) the elementwise product of the pooled text with each other modality's pooled
+        positions, batch-standardised: attention only mixes other modalities' values into the text, added,
+        which cannot learn a label that needs two cues together (docs/fusion.md). Contribution: the
+        attention mass text tokens give each modality."""
 
         measure = "attention mass that text tokens give each modality"
 
@@ -45,7 +49,9 @@ def attention_head() -> type[nn.Module]:
             self.norm1, self.norm2 = nn.LayerNorm(spec.dim), nn.LayerNorm(spec.dim)
             self.ffn = nn.Sequential(nn.Linear(spec.dim, 2 * spec.dim), nn.GELU(), nn.Dropout(spec.dropout),
                                      nn.Linear(2 * spec.dim, spec.dim))
-            self.out = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(spec.dim, len(spec.labels)))
+            others = len(spec.modalities) - 1 if spec.products else 0
+            self.standardise = nn.ModuleList(BatchStandardise(spec.dim) for _ in range(others + 1 if others else 0))
+            self.out = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear((1 + others) * spec.dim, len(spec.labels)))
 
         def forward(self, parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.cat([p.tokens + self.kind.weight[i] for i, p in enumerate(parts)], dim=1)
@@ -53,11 +59,13 @@ def attention_head() -> type[nn.Module]:
             attended, weights = self.attention(tokens, tokens, tokens, key_padding_mask=~mask, need_weights=True)
             x = self.norm1(tokens + attended)
             x = self.norm2(x + self.ffn(x))
-            text = parts[0]
-            length = text.tokens.shape[1]
-            by_modality = weights[:, :length].split([p.tokens.shape[1] for p in parts], dim=-1)
+            lengths = [p.tokens.shape[1] for p in parts]
+            pooled = [masked_mean(x_m, p.mask) for x_m, p in zip(x.split(lengths, dim=1), parts)]
+            centred = [norm(v) for norm, v in zip(self.standardise, pooled)]
+            blocks = [pooled[0], *(centred[0] * other for other in centred[1:])]
+            by_modality = weights[:, :lengths[0]].split(lengths, dim=-1)
             mass = torch.stack([w.sum(-1) for w in by_modality], dim=-1)  # N x text tokens x M
-            return self.out(masked_mean(x[:, :length], text.mask)), masked_mean(mass, text.mask)
+            return self.out(torch.cat(blocks, dim=-1)), masked_mean(mass, parts[0].mask)
 
     return AttentionHead
 

@@ -6,17 +6,14 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from pydantic import Field
-
-from fmkit_fuse.fusion import FusionOptions, FusionPlugin
+from fmkit_fuse.fusion import PRODUCTS_OPTION, FusionOptions, FusionPlugin
 
 if TYPE_CHECKING:
     from torch import nn
 
 
 class ConcatOptions(FusionOptions):
-    products: bool = Field(True, description="also feed the head each pair of modalities' elementwise product, so "
-                                             "that it can learn labels that need the modalities together (an XOR)")
+    products: bool = PRODUCTS_OPTION
 
 
 @functools.cache
@@ -42,20 +39,19 @@ def concat_head() -> type[nn.Module]:
             self.dim = spec.dim
             count = len(spec.modalities)
             self.pairs = list(itertools.combinations(range(count), 2)) if spec.products else []
-            self.standardise = nn.ModuleList(BatchStandardise(spec.dim) for _ in range(count if self.pairs else 0))
+            self.standardise = nn.ModuleList(BatchStandardise(spec.dim) for _ in range(count))
             self.dropout = nn.Dropout(spec.dropout)
             self.hidden = nn.Linear((count + len(self.pairs)) * spec.dim, spec.dim)
             self.out = nn.Sequential(nn.GELU(), nn.Dropout(spec.dropout), nn.Linear(spec.dim, len(spec.labels)))
 
         def forward(self, parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
-            pooled = [p.pooled for p in parts]
-            centred = [norm(v) for norm, v in zip(self.standardise, pooled)]
-            blocks = pooled + [centred[a] * centred[b] for a, b in self.pairs]
+            centred = [norm(p.pooled) for norm, p in zip(self.standardise, parts)]
+            blocks = centred + [centred[a] * centred[b] for a, b in self.pairs]
             logits = self.out(self.hidden(self.dropout(torch.cat(blocks, dim=-1))))
             weights = self.hidden.weight.split(self.dim, dim=1)
             norms = [(v @ w.T).norm(dim=-1) for v, w in zip(blocks, weights)]
-            share = torch.stack(norms[:len(pooled)], dim=-1)
-            for (a, b), norm in zip(self.pairs, norms[len(pooled):]):
+            share = torch.stack(norms[:len(parts)], dim=-1)
+            for (a, b), norm in zip(self.pairs, norms[len(parts):]):
                 share[:, a] += norm / 2
                 share[:, b] += norm / 2
             return logits, share / share.sum(-1, keepdim=True).clamp(min=1e-12)

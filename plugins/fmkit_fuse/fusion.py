@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from fmkit_fuse.model import FusionModel, FusionSpec
 
 CNN = "cnn"
+PRODUCTS_OPTION = Field(True, description="also feed the head the elementwise products of the batch-standardised "
+                                          "pooled modalities, so that it can learn labels that need the modalities "
+                                          "together (an XOR)")
 
 
 class FusionOptions(BaseModel):

@@ -340,6 +340,79 @@ def test_hard_and_soft_votes_differ_as_they_should():
     assert Vote(members, [1, 1, 0], "soft").predict_proba(batch).argmax().item() == 0
 
 
+def test_the_cascade_asks_the_other_members_only_about_rows_the_first_is_unsure_of():
+    import torch
+
+    from fmkit.types import Member, MemberSpec
+    from fmkit_combine.vote import Vote
+
+    class ByToken(torch.nn.Module):
+        """Logits looked up by token id; remembers the shapes of the batches it was asked about."""
+
+        def __init__(self, table):
+            super().__init__()
+            self.table, self.seen = torch.log(torch.tensor(table)), []
+
+        def forward(self, input_ids, **inputs):
+            self.seen.append(tuple(input_ids.shape))
+            return type("Out", (), {"logits": self.table[input_ids]})()
+
+    sure, unsure, other = [0.95, 0.05], [0.6, 0.4], [0.1, 0.9]
+    first = ByToken([sure, unsure, sure, sure])  # id 1: the first member is unsure
+    rest = [ByToken([other] * 4), ByToken([sure] * 4)]
+    members = [Member(MemberSpec(f"m{i}", i), m) for i, m in enumerate([first, *rest])]
+    batch = {"input_ids": torch.tensor([[2, 1, 3, 0], [2, 3, 1, 3], [2, 3, 3, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]),
+             "word_mask": torch.tensor([[False, False, True, False], [False, True, True, False],
+                                        [False, True, False, False]])}
+    # row 0 is unsure only where no word is read (position 1): sure; row 1 is unsure at a word; row 2 sure
+    whole = Vote(members).predict_proba(batch)
+    for m in (first, *rest):
+        m.seen.clear()
+    cascade = Vote(members, cascade=0.9)
+    out = cascade.predict_proba(batch)
+    assert first.seen == [(3, 4)] and all(m.seen == [(1, 4)] for m in rest), "only row 1 reaches the others"
+    assert torch.allclose(out[1], whole[1]), "an unsure row gets the whole vote"
+    assert torch.allclose(out[[0, 2]], torch.softmax(first.table[batch["input_ids"][[0, 2]]], -1))
+    assert not torch.allclose(out[0], whole[0]), "a sure row is the first member's alone"
+    assert cascade.cascaded == [2, 3]
+    del batch["word_mask"]  # a batch built outside fmkit: every real token counts, row 0 is unsure too
+    for m in (first, *rest):
+        m.seen.clear()
+    Vote(members, cascade=0.9).predict_proba(batch)
+    assert rest[0].seen == [(2, 4)]
+    batch["attention_mask"][0, 1] = 0  # the other members' passes are cut to their rows' longest
+    Vote(members, cascade=0.9).predict_proba(batch)
+    assert rest[0].seen[-1] == (1, 4)
+
+
+def test_a_cascade_is_saved_with_the_run_and_spans_first_member_to_whole_vote(bagging_run, ner_files):
+    from fmkit.artifacts import load
+    from fmkit.data import read_examples
+    from fmkit.evaluate import softmax_predictor
+    from fmkit_combine.bagging import Bagging
+
+    loaded = load(bagging_run)
+    examples = read_examples(loaded.run.config, ner_files["test"])
+    vote = loaded.ensemble
+
+    def probabilities(predict):
+        return np.concatenate(loaded.scorer.probabilities(predict, examples, "test"))
+
+    whole = probabilities(vote.predict_proba)
+    alone = probabilities(softmax_predictor(vote.members[0].model))
+    assert not np.allclose(whole, alone, atol=1e-4), "the members differ"
+    vote.cascade = 1.0 + 1e-9  # no row is that sure: the whole vote everywhere
+    assert np.allclose(probabilities(vote.predict_proba), whole, atol=1e-6)
+    vote.cascade = 1e-9  # every row: the first member alone
+    assert np.allclose(probabilities(vote.predict_proba), alone, atol=1e-6)
+    vote.cascade = 0.9
+    restored = Bagging(Bagging.Options()).restore(loaded.run, vote.members, vote.state(), bagging_run / "model")
+    assert restored.cascade == 0.9 and restored.state() == vote.state()
+    assert Bagging(Bagging.Options()).restore(loaded.run, vote.members, {"weights": [1, 1], "vote": "soft"},
+                                              bagging_run).cascade is None, "runs saved before the cascade"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--plugins", "bagging", "--set", "bagging.members=1"], "bagging.members"),
     (["--plugins", "voting", "--set", "voting.options={lr: [0.1, 0.2]}"], "voting.options.lr has 2 values for 3 members"),

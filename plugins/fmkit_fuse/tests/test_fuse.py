@@ -277,20 +277,14 @@ def xor_files(tmp_path_factory):
             for split, n, seed in (("train", 320, 0), ("dev", 80, 1), ("test", 80, 2))}
 
 
-@pytest.mark.parametrize("method, epochs, options, learns", [
-    ("lmf", 8, [], True),
-    ("concat", 8, [], True),
-    ("concat", 8, ["concat.products=false"], False),  # additive: no gradient toward the interaction at first
-    ("gated", 8, [], True),
-    ("attention", 20, [], True),  # through its attention weights only: slower
-])
-def test_interactions_are_learned(method, epochs, options, learns, tiny_model, xor_files, tmp_path):
-    settings = [*FAST_TRAIN, f"train.epochs={epochs}", f"{method}.dim=32", *options]  # new modules: plugin's new_lr
+@pytest.mark.parametrize("method", ["lmf", "concat", "gated", "attention"])  # attention: with its product term
+def test_interactions_are_learned(method, tiny_model, xor_files, tmp_path):
+    settings = [*FAST_TRAIN, "train.epochs=8", f"{method}.dim=32"]  # new modules: the plugin's new_lr
     assert main(["run", "--task", "multimodal", "--plugins", method, "--model", str(tiny_model),
                  "--train", str(xor_files["train"]), "--dev", str(xor_files["dev"]), "--test", str(xor_files["test"]),
                  "--runs-dir", str(tmp_path), "--name", "xor", *[x for s in settings for x in ("--set", s)]]) == 0
     accuracy = json.loads((tmp_path / "xor" / "metrics.json").read_text())["test"]["accuracy"]
-    assert accuracy >= 0.9 if learns else accuracy <= 0.7, accuracy
+    assert accuracy >= 0.9, accuracy
 
 
 def test_multimodal_without_a_fuse_plugin_names_them(capsys, tmp_path):
