@@ -5,7 +5,7 @@ Two suites (``--suite``), each written into its part of benchmarks/results/fusio
 - ``generated`` (``fmkit_fuse.synthetic``, 800 train / 200 dev / 400 test rows; a text cue, the word
   *good* or *bad*, and image cues, the colour and the shape of a figure): every fusion method on
   ``word-colour`` (four classes, word x colour: the project's own task, which an additive model can
-  solve), ``shape`` (the image's cue alone), ``and`` and ``xor`` (of the word and the shape; each
+  solve), ``shape`` and ``word`` (the image's cue alone, the text's alone), ``and`` and ``xor`` (of the word and the shape; each
   modality alone is at chance on the XOR by construction).
 - ``clothing`` (``../shared/data/womens-clothing``: review text plus categories and numbers; dev split
   off train.csv 80/20 with the seed, test.csv scored at the end): text only (``--task classify`` on
@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).parent / "results" / "fusion.json"
 CLOTHING = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "womens-clothing"
 METHODS = ("concat", "gated", "attention", "lmf")
-GENERATED = ("word-colour", "shape", "and", "xor")
+GENERATED = ("word-colour", "shape", "word", "and", "xor")
 TEXT = ["Title", "Review Text"]
 TABLE = {"text_column": TEXT, "label_column": "Recommended IND",
          "categorical_columns": ["Division Name", "Department Name", "Class Name"],
