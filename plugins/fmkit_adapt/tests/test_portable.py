@@ -68,12 +68,12 @@ ELSEWHERE = textwrap.dedent('''
         return "\\n".join(re.findall(r"```python\\n(.*?)```", text, re.S)).replace(sys.argv[1] + "/" + run, run)
 
     out = {}
-    tokenizer = AutoTokenizer.from_pretrained("lora/model")
+    tokenizer = AutoTokenizer.from_pretrained("./lora/model")
     inputs = tokenizer([%r], is_split_into_words=True, return_tensors="pt")
-    model = AutoModelForTokenClassification.from_pretrained("lora/model").eval()
+    model = AutoModelForTokenClassification.from_pretrained("./lora/model").eval()
     labels = model.config.id2label
     peft = AutoPeftModelForTokenClassification.from_pretrained(
-        "lora/model", num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}).eval()
+        "./lora/model", num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}).eval()
     with torch.no_grad():
         out["auto"] = model(**inputs).logits.softmax(-1).tolist()
         out["peft"] = peft(**inputs).logits.softmax(-1).tolist()
