@@ -2,7 +2,7 @@
 clean, under the embedding attack (PGD-10) and under the word attack (wordswap).
 
     python benchmarks/hardening.py [--ways clean,fgsm,pgd,freelb,fast,wordswap] [--train-limit N] [--epochs 10]
-    python benchmarks/hardening.py --suite clothing --ways clean,pgd,wordswap --epochs 2
+    python benchmarks/hardening.py --suite clothing --ways clean,pgd,wordswap --epochs 2 --test-limit 500
 
 At the defaults (every training tweet, 10 epochs) the five trainings take about an hour and a half
 on 2 CPU cores (`pgd` alone about 25 minutes); `--ways ""` times the training steps alone (six minutes).
@@ -244,10 +244,10 @@ def main() -> None:
     results: dict = {}
     with tmp_dir:
         test_file = write_conll(tmp / "test.conll", data.test) if task.kind == "ner" else config.data.test
-        if args.seed is not None and task.kind != "ner":
+        if args.seed is not None:
             common.append(f"seed={args.seed}")
-        elif args.seed is not None:  # the same tweets in each split; only the training seed changes
-            common += [f"seed={args.seed}", f"data.test={test_file}",
+        if args.seed is not None and task.kind == "ner":  # the same tweets in each split; only the training seed changes
+            common += [f"data.test={test_file}",
                        *(f"data.{name}={write_conll(tmp / f'{name}.conll', getattr(data, name))}"
                          for name in ("train", "dev"))]
         for way in [w for w in args.ways.split(",") if w]:  # --ways "": step costs only
